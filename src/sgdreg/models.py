@@ -1,0 +1,187 @@
+"""Equinox models acting on one example (batch with ``vmap``), initialised from an explicit key.
+
+``partition(model)`` splits a model into trainable parameters θ and the frozen rest; everything
+downstream (dynamics, probes, curvature) works on θ only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+    "softplus": jax.nn.softplus,
+    "sigmoid": jax.nn.sigmoid,
+    "linear": lambda x: x,
+}
+MODELS = ("mlp", "cnn", "linear", "random-features")
+
+
+def _activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class MLP(eqx.Module):
+    """Fully connected net: ``depth`` hidden layers of ``width`` units, then a linear read-out."""
+
+    layers: tuple[eqx.nn.Linear, ...]
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, in_size, out_size, width=128, depth=1, activation="relu", *, key,
+                 dtype=None):
+        _activation(activation)
+        sizes = [in_size] + [width] * depth + [out_size]
+        keys = jax.random.split(key, len(sizes) - 1)
+        self.layers = tuple(
+            eqx.nn.Linear(a, b, key=k, dtype=dtype) for a, b, k in zip(sizes, sizes[1:], keys)
+        )
+        self.activation = activation
+
+    def __call__(self, x):
+        act = _activation(self.activation)
+        x = x.reshape(-1)
+        for layer in self.layers[:-1]:
+            x = act(layer(x))
+        return self.layers[-1](x)
+
+
+class CNN(eqx.Module):
+    """Small CNN: two 3×3 convolutions (second with stride 2), global average pool, linear."""
+
+    conv1: eqx.nn.Conv2d
+    conv2: eqx.nn.Conv2d
+    head: eqx.nn.Linear
+    image_shape: tuple[int, int, int] = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, image_shape, out_size, width=16, activation="relu", *, key, dtype=None):
+        _activation(activation)
+        k1, k2, k3 = jax.random.split(key, 3)
+        c = image_shape[0]
+        self.conv1 = eqx.nn.Conv2d(c, width, 3, padding=1, key=k1, dtype=dtype)
+        self.conv2 = eqx.nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, key=k2, dtype=dtype)
+        self.head = eqx.nn.Linear(2 * width, out_size, key=k3, dtype=dtype)
+        self.image_shape = tuple(image_shape)
+        self.activation = activation
+
+    def __call__(self, x):
+        act = _activation(self.activation)
+        x = x.reshape(self.image_shape)
+        x = act(self.conv2(act(self.conv1(x))))
+        return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+class LinearModel(eqx.Module):
+    """f(x) = Wx (+ b). ``zero_init`` starts at θ0 = 0, the min-norm interpolation setting."""
+
+    linear: eqx.nn.Linear
+
+    def __init__(self, in_size, out_size, use_bias=False, zero_init=False, *, key, dtype=None):
+        lin = eqx.nn.Linear(in_size, out_size, use_bias=use_bias, key=key, dtype=dtype)
+        if zero_init:
+            lin = jax.tree.map(jnp.zeros_like, lin)
+        self.linear = lin
+
+    def __call__(self, x):
+        return self.linear(x.reshape(-1))
+
+
+class RandomFeatures(eqx.Module):
+    """f(x) = aᵀφ(x) with fixed random features, only the read-out ``a`` trained.
+
+    ``kind="fourier"``: φ(x) = √(2/N)·cos(⟨v,x⟩ + b), v ~ N(0, σ⁻²I), b ~ U[0, 2π)
+    (Rahimi & Recht 2007; Belkin et al. 2019). ``kind="relu"``: φ(x) = ReLU(⟨v,x⟩)/√N, v ~ N(0, I/d).
+    """
+
+    proj: jax.Array
+    phase: jax.Array
+    readout: eqx.nn.Linear
+    kind: str = eqx.field(static=True)
+
+    def __init__(self, in_size, out_size, width=512, kind="fourier", bandwidth=5.0, *, key,
+                 dtype=None):
+        kv, kb, kr = jax.random.split(key, 3)
+        dtype = dtype or jnp.zeros(()).dtype
+        if kind == "fourier":
+            self.proj = jax.random.normal(kv, (width, in_size), dtype) / bandwidth
+            self.phase = jax.random.uniform(kb, (width,), dtype, 0.0, 2 * math.pi)
+        elif kind == "relu":
+            self.proj = jax.random.normal(kv, (width, in_size), dtype) / math.sqrt(in_size)
+            self.phase = jnp.zeros((width,), dtype)
+        else:
+            raise ValueError(f"unknown random-feature kind {kind!r}; choose fourier or relu")
+        self.readout = eqx.nn.Linear(width, out_size, use_bias=False, key=kr, dtype=dtype)
+        self.kind = kind
+
+    def features(self, x):
+        z = self.proj @ x.reshape(-1) + self.phase
+        n = self.proj.shape[0]
+        if self.kind == "fourier":
+            return jnp.sqrt(2.0 / n) * jnp.cos(z)
+        return jax.nn.relu(z) / jnp.sqrt(n)
+
+    def __call__(self, x):
+        return self.readout(self.features(x))
+
+
+def make_model(name: str, in_shape: tuple[int, ...], out_size: int, *, key, width: int = 128,
+               depth: int = 1, activation: str = "relu", dtype=None) -> eqx.Module:
+    """Build a model by its CLI name for inputs of shape ``in_shape`` (one example)."""
+    d = math.prod(in_shape)
+    if name == "mlp":
+        return MLP(d, out_size, width, depth, activation, key=key, dtype=dtype)
+    if name == "cnn":
+        if len(in_shape) != 3:
+            raise ValueError("the cnn model needs image data (channels, height, width)")
+        return CNN(in_shape, out_size, width, activation, key=key, dtype=dtype)
+    if name == "linear":
+        return LinearModel(d, out_size, key=key, dtype=dtype)
+    if name == "random-features":
+        return RandomFeatures(d, out_size, width, key=key, dtype=dtype)
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+
+
+def trainable_filter(model: eqx.Module):
+    """Pytree of bools marking the trained arrays (random features stay fixed)."""
+    spec = jax.tree.map(eqx.is_inexact_array, model)
+    if isinstance(model, RandomFeatures):
+        spec = eqx.tree_at(lambda m: (m.proj, m.phase), spec, replace=(False, False))
+    return spec
+
+
+def partition(model: eqx.Module):
+    """(θ, frozen): trainable parameters and the rest; ``eqx.combine(θ, frozen)`` rebuilds it."""
+    return eqx.partition(model, trainable_filter(model))
+
+
+def layer_names(params) -> list[str]:
+    """Names of the parameter groups (one per layer/module holding arrays), e.g. ``layers[0]``."""
+    return list(_groups(params))
+
+
+def layer_norms(params) -> jax.Array:
+    """Frobenius norm of each layer's parameters (weights and bias together), in layer order."""
+    groups = _groups(params)
+    return jnp.stack([jnp.sqrt(sum(jnp.sum(a**2) for a in g)) for g in groups.values()])
+
+
+def _groups(params) -> dict[str, list]:
+    groups: dict[str, list] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if leaf is None:
+            continue
+        name = jax.tree_util.keystr(path[:-1]).lstrip(".") or "params"
+        groups.setdefault(name, []).append(leaf)
+    return groups
+
+
+def num_params(params) -> int:
+    return sum(int(a.size) for a in jax.tree.leaves(params))
