@@ -65,15 +65,33 @@ def _masked_sum(example_loss: ExampleFn):
 
 
 def full_batch_value_and_grad(
-    example_loss: ExampleFn, params, x, y, chunk_size: int = DEFAULT_CHUNK
+    example_loss: ExampleFn, params, x, y, chunk_size: int = DEFAULT_CHUNK, has_aux: bool = False
 ):
-    """L(θ) = (1/n) Σ_i ℓ_i(θ) and ∇L(θ), accumulated over chunks (memory of one chunk)."""
+    """L(θ) = (1/n) Σ_i ℓ_i(θ) and ∇L(θ), accumulated over chunks (memory of one chunk).
+
+    With ``has_aux`` the example function returns ``(ℓ_i, aux_i)`` and the result is
+    ``((L, mean aux), ∇L)``, e.g. the accuracy from the same forward pass.
+    """
     n = x.shape[0]
     xc, yc, wc = chunk_data(x, y, chunk_size)
-    vg = jax.value_and_grad(_masked_sum(example_loss))
-    init = (jnp.zeros((), x.dtype), jax.tree.map(jnp.zeros_like, params))
-    loss, grad = _scan_sum(lambda xb, yb, wb: vg(params, xb, yb, wb), init, xc, yc, wc)
-    return loss / n, jax.tree.map(lambda g: g / n, grad)
+
+    def chunk_value(p, xb, yb, wb):
+        out = jax.vmap(example_loss, in_axes=(None, 0, 0))(p, xb, yb)
+        if not has_aux:
+            return jnp.dot(wb, out), ()
+        return jnp.dot(wb, out[0]), jax.tree.map(lambda a: jnp.tensordot(wb, a, axes=1), out[1])
+
+    vg = jax.value_and_grad(chunk_value, has_aux=True)
+    aux_shape = jax.eval_shape(lambda: chunk_value(params, xc[0], yc[0], wc[0])[1])
+    init = (
+        (jnp.zeros((), x.dtype), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)),
+        jax.tree.map(jnp.zeros_like, params),
+    )
+    (loss, aux), grad = _scan_sum(lambda xb, yb, wb: vg(params, xb, yb, wb), init, xc, yc, wc)
+    grad = jax.tree.map(lambda g: g / n, grad)
+    if has_aux:
+        return (loss / n, jax.tree.map(lambda a: a / n, aux)), grad
+    return loss / n, grad
 
 
 def full_batch_hvp(example_loss: ExampleFn, params, x, y, v, chunk_size: int = DEFAULT_CHUNK):

@@ -1,0 +1,1 @@
+"""sgdreg's command-line front end (Typer): parse, call the library, print, write."""

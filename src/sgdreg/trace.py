@@ -1,0 +1,193 @@
+"""The trace of a run: strict JSON with a schema version, written atomically after each chunk.
+
+Layout (``schema = "sgdreg.trace/1"``)::
+
+    {"schema", "run_id", "status", "status_detail", "diverged_step", "config", "dataset",
+     "versions", "device", "seed", "wall_time_s", "num_params", "layers",
+     "probes": {name: definition}, "summary": {...},
+     "metrics": {"step": [...], "t": [...], "<metric>": [... one value or null per row ...]}}
+
+``metrics`` is columnar: one row per logged step; a metric not measured at a row is ``null``.
+Vector metrics (``layer_norms``) hold a list per row, named by ``layers``. Non-finite numbers
+are written as ``null`` and ``status``/``status_detail`` say why.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = "sgdreg.trace/1"
+STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
+REQUIRED = ("schema", "run_id", "status", "config", "versions", "device", "seed", "metrics")
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be read or does not follow the schema."""
+
+
+def to_json_value(v: Any) -> Any:
+    """Strict-JSON form: arrays to lists, non-finite floats to None."""
+    if isinstance(v, dict):
+        return {str(k): to_json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [to_json_value(x) for x in v]
+    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):
+        return to_json_value(np.asarray(v).tolist())
+    if isinstance(v, float) or isinstance(v, np.floating):
+        v = float(v)
+        return v if math.isfinite(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temp file in the same directory and rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(to_json_value(obj), allow_nan=False, indent=1))
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("sgdreg", "jax", "jaxlib", "equinox", "optax", "diffrax", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def device_info() -> dict[str, Any]:
+    import jax
+
+    devs = jax.devices()
+    return {"platform": devs[0].platform, "kind": devs[0].device_kind, "count": len(devs)}
+
+
+class TraceWriter:
+    """Accumulates rows and rewrites the trace file atomically on ``flush``."""
+
+    def __init__(self, path: str | os.PathLike | None, header: dict[str, Any]):
+        self.path = Path(path) if path is not None else None
+        self.doc = {"schema": SCHEMA, "status": "running", "status_detail": None,
+                    "diverged_step": None, "probes": {}, "summary": {}, **header}
+        self.rows: list[dict[str, Any]] = []
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append({k: to_json_value(v) for k, v in row.items()})
+
+    def update_last(self, values: dict[str, Any]) -> None:
+        self.rows[-1].update({k: to_json_value(v) for k, v in values.items()})
+
+    def finish(self, status: str, detail: str | None = None, **fields) -> dict:
+        assert status in STATUSES, status
+        self.doc.update(status=status, status_detail=detail, **fields)
+        self.flush()
+        return self.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        names: list[str] = []
+        for r in self.rows:
+            names.extend(k for k in r if k not in names)
+        return {**self.doc, "metrics": {k: [r.get(k) for r in self.rows] for k in names}}
+
+    def flush(self) -> None:
+        if self.path is not None:
+            atomic_write_json(self.path, self.to_dict())
+
+
+def validate_trace(doc: Any) -> list[str]:
+    """Problems found in a loaded trace (empty list: valid)."""
+    if not isinstance(doc, dict):
+        return ["top level is not a JSON object"]
+    problems = [f"missing field {k!r}" for k in REQUIRED if k not in doc]
+    if doc.get("schema") not in (None, SCHEMA):
+        problems.append(f"schema is {doc.get('schema')!r}, expected {SCHEMA!r}")
+    if "status" in doc and doc["status"] not in STATUSES:
+        problems.append(f"status {doc['status']!r} not one of {', '.join(STATUSES)}")
+    metrics = doc.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, dict) or "step" not in metrics:
+            problems.append("metrics must be an object with a 'step' column")
+        else:
+            lengths = {k: len(v) for k, v in metrics.items() if isinstance(v, list)}
+            if len(lengths) != len(metrics):
+                problems.append("every metrics column must be a list")
+            elif len(set(lengths.values())) > 1:
+                problems.append(f"metrics columns differ in length: {lengths}")
+            steps = metrics["step"]
+            if any(not isinstance(s, int) for s in steps) or steps != sorted(steps):
+                problems.append("metrics.step must be increasing integers")
+    if doc.get("status") == "diverged" and doc.get("diverged_step") is None:
+        problems.append("status 'diverged' without diverged_step")
+    return problems
+
+
+def load_trace(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a trace; TraceError with one line on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"no trace file at {path}")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TraceError(f"{path} is not valid JSON ({e.__class__.__name__}: {e})") from None
+    problems = validate_trace(doc)
+    if problems:
+        raise TraceError(f"{path} is not a valid sgdreg trace: {'; '.join(problems)}")
+    return doc
+
+
+def to_dataframe(trace: dict | str | os.PathLike):
+    """Long-form pandas DataFrame: one row per (step, metric[, component]) with the run's
+    optimizer, lr, seed and run_id as columns; vector metrics become ``name/component``."""
+    import pandas as pd
+
+    doc = load_trace(trace) if not isinstance(trace, dict) else trace
+    cfg = doc.get("config", {})
+    cols = doc["metrics"]
+    layers = doc.get("layers") or []
+    records = []
+    for i, step in enumerate(cols["step"]):
+        t = cols.get("t", [None] * len(cols["step"]))[i]
+        for name, values in cols.items():
+            if name in ("step", "t"):
+                continue
+            v = values[i]
+            if isinstance(v, list):
+                named = name == "layer_norms" and len(layers) == len(v)
+                labels = layers if named else range(len(v))
+                for lab, x in zip(labels, v):
+                    if x is None or isinstance(x, (int, float)):
+                        records.append((step, t, f"{name}/{lab}", x))
+            elif v is None or isinstance(v, (int, float)):
+                records.append((step, t, name, v))
+    df = pd.DataFrame.from_records(records, columns=["step", "t", "metric", "value"])
+    df["value"] = df["value"].astype(float)
+    for key in ("optimizer", "lr", "seed", "batch_size", "dataset", "model"):
+        df[key] = cfg.get(key)
+    df["run_id"] = doc.get("run_id")
+    df["status"] = doc.get("status")
+    return df
