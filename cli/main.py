@@ -8,7 +8,16 @@ import sys
 import click
 import typer
 
-from . import core  # noqa: F401  (registers commands)
+# importing a command module registers its commands on the shared app
+from . import (  # noqa: F401
+    core,
+    correlate_cmd,
+    curvature_cmd,
+    eos_cmd,
+    experiments_cmd,
+    igr_cmd,
+    sweep_cmd,
+)
 from .app import UsageProblem, app
 
 
@@ -16,7 +25,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from sgdreg.config import ConfigError
     from sgdreg.trace import TraceError
 
-    errs: list[type[BaseException]] = [UsageProblem, ConfigError, TraceError]
+    # ValueError: the library's convention for bad input values (unknown names, ranges)
+    errs: list[type[BaseException]] = [UsageProblem, ConfigError, TraceError, ValueError,
+                                       FileNotFoundError]
     try:
         from sgdreg.datasets import DataError
 

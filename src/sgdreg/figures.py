@@ -1,0 +1,25 @@
+"""The figure gallery: every figure in figures/ is rendered from stored results, never by
+re-training (``sgdreg figures``).
+
+Each entry maps a figure name to ``"module:function"``; the function has the signature
+``render(results_dir: Path, out_path: Path) -> list[Path]`` and reads only what the experiment
+stored in ``results_dir`` (= ``figures/data/<name>/`` for the gallery), writing PNG (+ SVG).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+GALLERY: dict[str, str] = {}
+
+
+def render(name: str, data_root: Path, out_root: Path) -> list[Path]:
+    """Render figure ``name`` from ``data_root/name`` into ``out_root/name.png``."""
+    module, func = GALLERY[name].split(":")
+    fn = getattr(importlib.import_module(module), func)
+    src = Path(data_root) / name
+    if not src.is_dir():
+        raise FileNotFoundError(f"no stored results for figure {name!r} in {src}; run its "
+                                "experiment first (see experiments/)")
+    return fn(src, Path(out_root) / f"{name}.png")
