@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
+
+try:  # typer ≥ 0.20 vendors click as typer._click
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
 
 # importing a command module registers its commands on the shared app
 from . import (  # noqa: F401
@@ -43,13 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = command.main(args=argv, prog_name="sgdreg", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
-    except click.exceptions.UsageError as e:
+    except getattr(click_exc, "NoArgsIsHelpError", ()) as e:
+        print(e.ctx.get_help())
+        code = 0
+    except click_exc.UsageError as e:
         where = f" ({e.ctx.command_path})" if e.ctx else ""
         print(f"sgdreg: error{where}: {e.format_message()}", file=sys.stderr)
         code = 2
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         code = e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("sgdreg: aborted", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:

@@ -9,7 +9,9 @@ Layout (``schema = "sgdreg.trace/1"``)::
 
 ``metrics`` is columnar: one row per logged step; a metric not measured at a row is ``null``.
 Vector metrics (``layer_norms``) hold a list per row, named by ``layers``. Non-finite numbers
-are written as ``null`` and ``status``/``status_detail`` say why.
+are written as ``null`` and ``status``/``status_detail`` say why. The file is rewritten
+atomically as rows arrive (at most once a second, and at every status change), so a crash loses
+at most the last second of rows and a reader never sees a partial file.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 import os
 import platform
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,8 +68,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(to_json_value(obj), allow_nan=False, indent=1))
+def atomic_write_json(path, obj, indent: int | None = 1) -> None:
+    atomic_write_text(path, json.dumps(to_json_value(obj), allow_nan=False, indent=indent))
 
 
 def versions() -> dict[str, str]:
@@ -89,8 +92,11 @@ def device_info() -> dict[str, Any]:
 class TraceWriter:
     """Accumulates rows and rewrites the trace file atomically on ``flush``."""
 
-    def __init__(self, path: str | os.PathLike | None, header: dict[str, Any]):
+    def __init__(self, path: str | os.PathLike | None, header: dict[str, Any],
+                 min_interval_s: float = 1.0):
         self.path = Path(path) if path is not None else None
+        self.min_interval_s = min_interval_s
+        self._last_write = -math.inf
         self.doc = {"schema": SCHEMA, "status": "running", "status_detail": None,
                     "diverged_step": None, "probes": {}, "summary": {}, **header}
         self.rows: list[dict[str, Any]] = []
@@ -104,7 +110,7 @@ class TraceWriter:
     def finish(self, status: str, detail: str | None = None, **fields) -> dict:
         assert status in STATUSES, status
         self.doc.update(status=status, status_detail=detail, **fields)
-        self.flush()
+        self.flush(force=True)
         return self.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,9 +119,14 @@ class TraceWriter:
             names.extend(k for k in r if k not in names)
         return {**self.doc, "metrics": {k: [r.get(k) for r in self.rows] for k in names}}
 
-    def flush(self) -> None:
-        if self.path is not None:
-            atomic_write_json(self.path, self.to_dict())
+    def flush(self, force: bool = False) -> None:
+        """Rewrite the file atomically; between forced writes at most every ``min_interval_s``
+        seconds (rewriting a long trace after every short chunk would dominate the run)."""
+        now = time.monotonic()
+        if self.path is None or (not force and now - self._last_write < self.min_interval_s):
+            return
+        atomic_write_json(self.path, self.to_dict(), indent=None)
+        self._last_write = now
 
 
 def validate_trace(doc: Any) -> list[str]:
