@@ -1,0 +1,171 @@
+"""Rank correlation of generalization measures with the generalization gap (Jiang et al. 2020 §2–3).
+
+Over a table of finished runs (one row per trained model: its hyper-parameters, its measures and
+its gap) this module computes Kendall's τ over all pairs of runs, the granulated Ψ that only
+compares runs differing in one hyper-parameter, and percentile-bootstrap confidence intervals over
+runs. Plain numpy/pandas: it reads finished numbers and never touches a model.
+
+NaN policy (everywhere): a run whose measure or gap is NaN (a measure that could not be computed,
+JSON ``null``) is dropped from that measure's statistics; ``rank_measures`` reports how many were
+dropped. ±inf values are kept and ordered (inf ties with inf).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+Runs = pd.DataFrame | Sequence[dict[str, Any]]
+
+
+def _frame(runs: Runs) -> pd.DataFrame:
+    return runs if isinstance(runs, pd.DataFrame) else pd.DataFrame(list(runs))
+
+
+def _numeric(values) -> np.ndarray:
+    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
+
+
+def _sign_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """sign(a_i − b_j) as an outer table; comparisons (not subtraction) so inf ties with inf."""
+    return (a[:, None] > b[None, :]).astype(np.int8) - (a[:, None] < b[None, :]).astype(np.int8)
+
+
+def kendall_tau(measure, gap, *, row_chunk: int = 1024) -> float:
+    """τ = (2/(n(n−1))) Σ_{i<j} sign(μ_i−μ_j)·sign(g_i−g_j) (Jiang et al. 2020, eq. 2).
+
+    This is Kendall's τ_a: a pair tied in either variable contributes 0 and still counts in the
+    denominator. Runs with a NaN measure or gap are dropped; fewer than 2 runs left gives NaN.
+    """
+    m, g = _numeric(measure), _numeric(gap)
+    if m.shape != g.shape:
+        raise ValueError(f"measure and gap differ in length: {m.size} vs {g.size}")
+    keep = ~(np.isnan(m) | np.isnan(g))
+    m, g = m[keep], g[keep]
+    n = m.size
+    if n < 2:
+        return float("nan")
+    total = 0
+    for s in range(0, n, row_chunk):  # bounded memory: row_chunk × n sign tables
+        sm = _sign_diff(m[s : s + row_chunk], m)
+        sg = _sign_diff(g[s : s + row_chunk], g)
+        total += int(np.sum(sm.astype(np.int64) * sg))
+    return total / (n * (n - 1))  # every unordered pair was counted twice
+
+
+def granulated_psi(
+    runs: Runs, measure: str, gap: str, hyperparams: Sequence[str]
+) -> tuple[float, dict[str, float]]:
+    """Ψ = mean_i ψ_i, ψ_i = mean over groups of τ within the group (Jiang et al. 2020, eq. 4).
+
+    A group for hyper-parameter i is a set of runs whose other hyper-parameters are all equal.
+    It is used when it has ≥ 2 runs with a defined τ and ≥ 2 distinct values of i (a group of
+    pure repeats says nothing about i). A hyper-parameter with no usable group gets ψ_i = NaN in
+    the returned dict and is left out of Ψ; Ψ is NaN when every ψ_i is.
+    """
+    df = _frame(runs)
+    missing = [c for c in [measure, gap, *hyperparams] if c not in df.columns]
+    if missing:
+        raise KeyError(f"runs have no column(s) {', '.join(missing)}")
+    psi_i: dict[str, float] = {}
+    for hp in hyperparams:
+        others = [h for h in hyperparams if h != hp]
+        groups = df.groupby(others, dropna=False, sort=False) if others else [(None, df)]
+        taus = []
+        for _, grp in groups:
+            if len(grp) < 2 or grp[hp].nunique(dropna=False) < 2:
+                continue
+            tau = kendall_tau(grp[measure], grp[gap])
+            if not np.isnan(tau):
+                taus.append(tau)
+        psi_i[hp] = float(np.mean(taus)) if taus else float("nan")
+    valid = [v for v in psi_i.values() if not np.isnan(v)]
+    return (float(np.mean(valid)) if valid else float("nan")), psi_i
+
+
+def _resample_indices(n: int, num_resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
+
+
+def _percentile_ci(stats: np.ndarray, level: float) -> tuple[float, float]:
+    stats = stats[~np.isnan(stats)]
+    if stats.size == 0:
+        return float("nan"), float("nan")
+    tail = 50.0 * (1.0 - level)
+    lo, hi = np.percentile(stats, [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(
+    runs: Runs,
+    statistic_fn: Callable[[Any], float],
+    num_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI: resample the n runs with replacement; (1∓level)/2 quantiles.
+
+    ``statistic_fn`` gets a resampled table of the same kind as ``runs`` (DataFrame with a fresh
+    index, or list of dicts); NaN statistics are ignored. For τ_a, a resample's repeated runs form
+    tied pairs, which shrinks τ by a factor ≈ (1 − 1/n): negligible for tens of runs.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    n = len(runs)
+    if n == 0:
+        return float("nan"), float("nan")
+    stats = []
+    for idx in _resample_indices(n, num_resamples, seed):
+        if isinstance(runs, pd.DataFrame):
+            sample = runs.iloc[idx].reset_index(drop=True)
+        else:
+            sample = [runs[i] for i in idx]
+        stats.append(float(statistic_fn(sample)))
+    return _percentile_ci(np.asarray(stats, dtype=np.float64), level)
+
+
+def rank_measures(
+    runs: Runs,
+    measures: Sequence[str],
+    gap: str = "gen_gap",
+    hyperparams: Sequence[str] | None = None,
+    num_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """One row per measure: τ with its bootstrap CI, Ψ and ψ_i, run counts; sorted by |τ|.
+
+    Rows are sorted by |τ| descending (NaN last): the strength of the association; the sign says
+    its direction (a complexity measure should have τ > 0, a flatness radius such as σ τ < 0).
+    Every measure is bootstrapped on the same resamples of runs. Keys: ``measure``, ``tau``,
+    ``tau_ci`` ([lo, hi]), ``psi``, ``psi_per_hp``, ``n_runs`` (runs used), ``n_dropped`` (NaN).
+    Values are Python floats and may be NaN; writers turn them into JSON null.
+    """
+    df = _frame(runs)
+    missing = [c for c in [gap, *measures] if c not in df.columns]
+    if missing:
+        raise KeyError(f"runs have no column(s) {', '.join(missing)}")
+    g_all = _numeric(df[gap])
+    idx = _resample_indices(len(df), num_resamples, seed) if len(df) else np.zeros((0, 0), int)
+    rows = []
+    for name in measures:
+        m_all = _numeric(df[name])
+        used = int(np.sum(~(np.isnan(m_all) | np.isnan(g_all))))
+        boot = np.array([kendall_tau(m_all[i], g_all[i]) for i in idx], dtype=np.float64)
+        if hyperparams:
+            psi, psi_per_hp = granulated_psi(df, name, gap, hyperparams)
+        else:
+            psi, psi_per_hp = float("nan"), {}
+        rows.append({
+            "measure": name,
+            "tau": kendall_tau(m_all, g_all),
+            "tau_ci": list(_percentile_ci(boot, level)),
+            "psi": psi,
+            "psi_per_hp": psi_per_hp,
+            "n_runs": used,
+            "n_dropped": len(df) - used,
+        })
+    return sorted(rows, key=lambda r: (np.isnan(r["tau"]), -abs(np.nan_to_num(r["tau"]))))
