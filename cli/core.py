@@ -25,6 +25,15 @@ SeedOpt = Annotated[int, Opt("--seed", help="Seeds θ0, data order and probes.")
 LogOpt = Annotated[int, Opt("--log-every", help="Log metrics every k steps (one compiled chunk).")]
 OutOpt = Annotated[Path | None, Opt("--out", help="Output directory (default sgdreg-runs/<cmd>-<time>).")]
 JsonOpt = Annotated[bool, Opt("--json", help="Print a machine-readable summary on stdout.")]
+HessEveryOpt = Annotated[int, Opt("--hessian-every", help="Curvature probes every k steps "
+                                  "(0 = off; a multiple of --log-every).")]
+ProbesOpt = Annotated[int, Opt("--probes", help="Hutchinson probes K for tr H ± stderr.")]
+LanczosOpt = Annotated[int, Opt("--lanczos-steps", help="Lanczos steps M for λ_max, λ_min.")]
+TopKOpt = Annotated[int, Opt("--top-k", help="Number of top eigenvalues to record.")]
+HessNOpt = Annotated[int | None, Opt("--hessian-n", help="Curvature on the first n training "
+                                     "examples (default: all).")]
+SlqOpt = Annotated[bool, Opt("--slq", help="Also record the SLQ spectral density (raw nodes and "
+                             "weights).")]
 
 
 def make_configs(optimizers: str, lr: str, **common) -> list[RunConfig]:
@@ -125,6 +134,12 @@ def compare(
     n_train: Annotated[int | None, Opt("--n-train", help="Use the first n training examples.")]
     = None,
     dtype: Annotated[str, Opt("--dtype", help="float32 or float64.")] = "float32",
+    hessian_every: HessEveryOpt = 0,
+    probes: ProbesOpt = 20,
+    lanczos_steps: LanczosOpt = 20,
+    top_k: TopKOpt = 3,
+    hessian_n: HessNOpt = None,
+    slq: SlqOpt = False,
     out: OutOpt = None,
     json: JsonOpt = False,
 ):
@@ -137,11 +152,15 @@ def compare(
       sgdreg compare --optimizers gd,sgd --lr 0.1
 
       sgdreg compare --optimizers gd,sgd,flow,momentum,adam --lr 0.05,0.1 --steps 500
+
+      sgdreg compare --optimizers gd,sgd --hessian-every 100 --probes 50 --slq
     """
     cfgs = make_configs(optimizers, lr, steps=steps, batch_size=batch_size, seed=seed,
                         dataset=dataset, model=model, loss=loss, width=width, depth=depth,
                         activation=activation, momentum=momentum, log_every=log_every,
-                        data_dir=data_dir, n_train=n_train, dtype=dtype)
+                        data_dir=data_dir, n_train=n_train, dtype=dtype,
+                        hessian_every=hessian_every, probes=probes, lanczos_steps=lanczos_steps,
+                        top_k=top_k, hessian_n=hessian_n, slq=slq)
     dest = out_dir(out, "compare")
     ds, results = run_grid(cfgs, epochs, dest, "compare")
     from sgdreg.plots import compare_figure
@@ -181,6 +200,14 @@ def train(
     data_dir: Annotated[str | None, Opt("--data-dir")] = None,
     n_train: Annotated[int | None, Opt("--n-train")] = None,
     dtype: Annotated[str, Opt("--dtype")] = "float32",
+    hessian_every: HessEveryOpt = 0,
+    probes: ProbesOpt = 20,
+    lanczos_steps: LanczosOpt = 20,
+    top_k: TopKOpt = 3,
+    hessian_n: HessNOpt = None,
+    slq: SlqOpt = False,
+    save_checkpoint: Annotated[bool, Opt("--save-checkpoint", help="Also save the final model "
+                                         "(<run>.eqx) for `sgdreg hessian`.")] = False,
     out: OutOpt = None,
     json: JsonOpt = False,
 ):
@@ -191,6 +218,8 @@ def train(
       sgdreg train --optimizer sgd --lr 0.05 --batch-size 64 --epochs 20
 
       sgdreg train --optimizer gd --randomization random-labels --steps 3000
+
+      sgdreg train --optimizer gd --lr 0.05 --hessian-every 50 --save-checkpoint
     """
     if optimizer not in OPTIMIZERS:
         raise UsageProblem(f"--optimizer: unknown value {optimizer!r}; allowed: "
@@ -199,10 +228,19 @@ def train(
                     dataset=dataset, model=model, loss=loss, width=width, depth=depth,
                     activation=activation, momentum=momentum, egr=egr,
                     randomization=randomization, corruption=corruption, log_every=log_every,
-                    data_dir=data_dir, n_train=n_train, dtype=dtype)
+                    data_dir=data_dir, n_train=n_train, dtype=dtype,
+                    hessian_every=hessian_every, probes=probes, lanczos_steps=lanczos_steps,
+                    top_k=top_k, hessian_n=hessian_n, slq=slq)
     validate(cfg)
     dest = out_dir(out, "train")
     ds, results = run_grid([cfg], epochs, dest, "train")
+    if save_checkpoint:
+        from sgdreg.checkpoint import save_model
+
+        res = results[0]
+        path = dest / f"{res.trace['run_id']}.eqx"
+        save_model(path, res.model, res.setup.cfg, ds)
+        console.print(f"checkpoint → {path}")
     print_table(f"{ds.name}: final values", *summary_rows(results))
     if json:
         emit_json(summary_json(dest, results, None))

@@ -81,3 +81,17 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("compare", "train", "trace", "datasets"):
         assert cmd in out
+
+
+def test_train_checkpoint_then_hessian(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--optimizer", "gd", *TINY, "--save-checkpoint", "--out", str(out)]) == 0
+    ck = out / "gd_lr0.1_b32_s0.eqx"
+    assert ck.is_file()
+    capsys.readouterr()
+    assert main(["hessian", str(ck), "--probes", "10", "--lanczos-steps", "10", "--top-k", "2",
+                 "--slq-starts", "2", "--out", str(tmp_path / "h"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["lambda_max"] >= res["top_eigenvalues"][1] and res["hessian_trace_stderr"] > 0
+    assert (tmp_path / "h" / "density.png").is_file() and res["density_sigma_std"] > 0
+    assert main(["hessian", str(tmp_path / "nope.eqx")]) == 2

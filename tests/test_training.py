@@ -162,3 +162,46 @@ def test_egr_adds_the_gradient_norm_penalty():
     expected = jax.tree.map(lambda a, g: a - 0.1 * g, s.params0, jax.grad(reg)(s.params0))
     res = training.train(cfg, setup=s)
     np.testing.assert_allclose(flat(res.model), np.asarray(ravel_pytree(expected)[0]), rtol=1e-10)
+
+
+def test_curvature_probe_in_training_matches_dense_hessian():
+    """The in-loop probe's λ_max/λ_min equal the dense Hessian's; tr H within 4 stderr."""
+    from sgdreg import curvature as cv
+
+    ds = classification_dataset(n=48, d=5, k=3)
+    cfg = RunConfig(optimizer="sgd", lr=0.2, batch_size=16, steps=20, log_every=10,
+                    width=8, dtype="float64", hessian_every=20, probes=40,
+                    lanczos_steps=40, top_k=2, slq=True)
+    res = training.train(cfg, ds)
+    m = res.trace["metrics"]
+    assert m["lambda_max"][1] is None and m["lambda_max"][2] is not None  # cadence: 0 and 20
+    obj, d = res.setup.problem.objective, res.setup.data
+    from sgdreg.models import partition
+
+    params = partition(res.model)[0]
+    ev = np.linalg.eigvalsh(np.asarray(cv.dense_hessian(obj.example_loss, params,
+                                                        d.x_train, d.y_train)))
+    np.testing.assert_allclose(m["top_eigenvalues"][-1], ev[::-1][:2], rtol=1e-6)
+    np.testing.assert_allclose(m["lambda_min"][-1], ev[0], rtol=1e-6)
+    assert abs(m["hessian_trace"][-1] - ev.sum()) < 4 * m["hessian_trace_stderr"][-1]
+    assert m["eos_threshold"][-1] == pytest.approx(2 / 0.2)
+    assert res.trace["probes"]["curvature"]["num_probes"] == 40
+    assert len(m["slq_nodes"][-1]) == 4 and m["batch_sharpness"][-1] > 0
+    assert m["grad_var"][-1] > 0 and m["grad_var_est"][-1] is not None
+
+
+def test_stop_loss_ends_the_run_at_the_target():
+    ds = classification_dataset()
+    res = training.train(RunConfig(optimizer="gd", lr=0.5, steps=500, log_every=10, width=8,
+                                   stop_loss=0.2), ds)
+    s = res.trace["summary"]
+    assert res.trace["status"] == "completed" and s["train_loss"] <= 0.2 and s["final_step"] < 500
+
+
+def test_eos_thresholds():
+    from sgdreg.probes import eos_threshold
+
+    assert eos_threshold("gd", 0.1, 0.9) == pytest.approx(20)
+    assert eos_threshold("momentum", 0.1, 0.9) == pytest.approx(38)
+    assert eos_threshold("nesterov", 0.1, 0.9) == pytest.approx(3.8 / 0.28)
+    assert eos_threshold("flow", 0.1, 0.9) is None

@@ -44,8 +44,17 @@ class RunConfig:
     batch_size: int = 32
     momentum: float = 0.9
     egr: float = 0.0
+    stop_loss: float | None = None  # stop at the first logged step with train_loss ≤ this
     rtol: float = 1e-5
     atol: float = 1e-7
+    # curvature probes (0 = off): every k steps, on the first ``hessian_n`` training examples
+    hessian_every: int = 0
+    probes: int = 20
+    probe_kind: str = "rademacher"
+    lanczos_steps: int = 20
+    top_k: int = 3
+    hessian_n: int | None = None
+    slq: bool = False
     # logging
     log_every: int = 10
     eval_chunk: int = 4096
@@ -87,6 +96,8 @@ def validate(cfg: RunConfig, n_train: int | None = None) -> None:
         raise ConfigError(f"--batch-size {cfg.batch_size} exceeds the {n_train} training examples")
     if not 0 <= cfg.momentum < 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+    if cfg.stop_loss is not None and not cfg.stop_loss > 0:
+        raise ConfigError(f"--stop-loss must be > 0, got {cfg.stop_loss}")
     if cfg.egr < 0:
         raise ConfigError(f"--egr must be ≥ 0, got {cfg.egr}")
     if cfg.dtype not in DTYPES:
@@ -95,5 +106,12 @@ def validate(cfg: RunConfig, n_train: int | None = None) -> None:
         raise ConfigError("--width must be ≥ 1 and --depth ≥ 0")
     if not 0 <= cfg.corruption <= 1:
         raise ConfigError(f"--corruption must be in [0, 1], got {cfg.corruption}")
+    if cfg.hessian_every < 0 or (cfg.hessian_every and cfg.hessian_every % cfg.log_every):
+        raise ConfigError(f"--hessian-every must be 0 (off) or a multiple of --log-every "
+                          f"({cfg.log_every}), got {cfg.hessian_every}")
+    if cfg.hessian_every and (cfg.probes < 2 or cfg.lanczos_steps < cfg.top_k or cfg.top_k < 1):
+        raise ConfigError("--probes must be ≥ 2 and --lanczos-steps ≥ --top-k ≥ 1")
+    if cfg.probe_kind not in ("rademacher", "gaussian"):
+        raise ConfigError(f"--probe-kind must be rademacher or gaussian, got {cfg.probe_kind!r}")
     if cfg.loss not in ("ce", "mse"):
         raise ConfigError(f"--loss must be ce or mse, got {cfg.loss!r}")

@@ -164,16 +164,17 @@ def partition(model: eqx.Module):
 
 def layer_names(params) -> list[str]:
     """Names of the parameter groups (one per layer/module holding arrays), e.g. ``layers[0]``."""
-    return list(_groups(params))
+    return list(group_leaves(params))
 
 
 def layer_norms(params) -> jax.Array:
     """Frobenius norm of each layer's parameters (weights and bias together), in layer order."""
-    groups = _groups(params)
+    groups = group_leaves(params)
     return jnp.stack([jnp.sqrt(sum(jnp.sum(a**2) for a in g)) for g in groups.values()])
 
 
-def _groups(params) -> dict[str, list]:
+def group_leaves(params) -> dict[str, list]:
+    """Parameter arrays grouped by the module holding them (path without the last key)."""
     groups: dict[str, list] = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         if leaf is None:

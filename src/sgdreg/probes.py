@@ -8,7 +8,9 @@ IGR terms (Barrett & Dherin 2021; Smith et al. 2021; SCIENCE.md §2), with h the
   igr_gd = (h/4)‖∇L‖²,  modified_loss_gd = L + igr_gd,
   minibatch_grad_norm_sq = (1/m) Σ_k ‖∇L̂_k‖² over the m minibatches of the current epoch,
   igr_sgd_var = (h/4)(1/m) Σ_k ‖∇L̂_k − ∇L‖²,  modified_loss_sgd = L + (h/4)·minibatch_grad_norm_sq,
-so that modified_loss_sgd = modified_loss_gd + igr_sgd_var exactly when B divides n.
+so that modified_loss_sgd = modified_loss_gd + igr_sgd_var exactly when B divides n, and
+  grad_var_est = ((1/m)Σ_k‖∇L̂_k‖² − ‖∇L‖²)·B(n−1)/(n−B) estimates Γ = (1/n)Σ_i‖∇ℓ_i − ∇L‖²
+(``CurvatureProbe`` logs Γ exactly as ``grad_var``).
 """
 
 from __future__ import annotations
@@ -53,12 +55,15 @@ def cheap_metrics(problem, data, params, params0, perm, lr) -> dict[str, jax.Arr
     }
     if obj.num_classes:
         out |= {"train_acc": train_acc, "test_acc": test_acc, "acc_gap": train_acc - test_acc}
-    if not problem.full_batch:
+    n, b = x.shape[0], problem.batch_size
+    if not problem.full_batch and b < n:
         mb_sq, mb_var = minibatch_gradient_terms(problem, params, x, y, perm, g)
         out |= {
             "minibatch_grad_norm_sq": mb_sq,
             "igr_sgd_var": lr / 4 * mb_var,
             "modified_loss_sgd": train_loss + lr / 4 * mb_sq,
+            # Γ̂ = ((1/m)Σ‖∇L̂_k‖² − ‖∇L‖²)·B(n−1)/(n−B), unbiased over shuffles (SCIENCE.md §2)
+            "grad_var_est": (mb_sq - gn) * b * (n - 1) / (n - b),
         }
     return out
 
@@ -101,3 +106,115 @@ class Probe(Protocol):
     def describe(self) -> dict[str, Any]:
         """Its definition, recorded in the trace (e.g. which Hessian, how many probes)."""
         ...
+
+
+def eos_threshold(optimizer: str, lr: float, momentum: float) -> float | None:
+    """Edge-of-stability reference for λ_max (Cohen et al. 2021; SCIENCE.md §3): GD/SGD 2/h,
+    heavy ball 2(1+β)/h, Nesterov (2+2β)/((1+2β)h), Adam 38/h (β1 = 0.9, for the
+    *preconditioned* sharpness, recorded for reference); none for flows."""
+    if optimizer in ("gd", "sgd"):
+        return 2.0 / lr
+    if optimizer == "momentum":
+        return 2.0 * (1 + momentum) / lr
+    if optimizer == "nesterov":
+        return (2 + 2 * momentum) / ((1 + 2 * momentum) * lr)
+    if optimizer == "adam":
+        return 38.0 / lr
+    return None
+
+
+class CurvatureProbe:
+    """Hessian of the full-batch training loss every ``every`` steps (SCIENCE.md §3):
+    Hutchinson trace ± stderr with tr(H²) and per-layer traces from the same probes, the top-k
+    and smallest eigenvalues by Lanczos (warm-started from the last top eigenvector), λ_max·‖θ‖²,
+    the EoS reference, batch sharpness (minibatch methods), Γ exactly from per-example gradients
+    and, optionally, the raw SLQ nodes/weights of the spectral density."""
+
+    name = "curvature"
+
+    def __init__(self, every: int, *, num_probes=20, kind="rademacher", lanczos_steps=20,
+                 top_k=3, subset: int | None = None, slq: bool = False, slq_starts: int = 4,
+                 sharpness_batches: int = 10, optimizer="gd", lr=0.1, momentum=0.9,
+                 batch_size: int | None = None):
+        self.every = every
+        self.num_probes, self.kind = num_probes, kind
+        self.lanczos_steps, self.top_k = lanczos_steps, top_k
+        self.subset, self.slq, self.slq_starts = subset, slq, slq_starts
+        self.sharpness_batches, self.batch_size = sharpness_batches, batch_size
+        self.threshold = eos_threshold(optimizer, lr, momentum)
+
+    @classmethod
+    def from_config(cls, cfg) -> CurvatureProbe:
+        return cls(cfg.hessian_every, num_probes=cfg.probes, kind=cfg.probe_kind,
+                   lanczos_steps=cfg.lanczos_steps, top_k=cfg.top_k, subset=cfg.hessian_n,
+                   slq=cfg.slq, optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
+                   batch_size=None if cfg.full_batch else cfg.batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "hessian": "∇²L of the full-batch training loss L = (1/n)Σℓ_i (loss term only; no "
+                       "weight decay in sgdreg objectives), all trainable parameters, eval mode",
+            "data": "train", "subset": self.subset or "all", "probe_kind": self.kind,
+            "num_probes": self.num_probes, "lanczos_steps": self.lanczos_steps,
+            "lanczos": "full re-orthogonalisation, largest/smallest algebraic, warm start",
+            "top_k": self.top_k, "slq": {"starts": self.slq_starts, "steps": self.lanczos_steps}
+            if self.slq else None, "eos_threshold": self.threshold,
+            "batch_sharpness": {"batch_size": self.batch_size, "batches": self.sharpness_batches}
+            if self.batch_size else None,
+        }
+
+    def __call__(self, params, ctx) -> dict[str, Any]:
+        from . import curvature as cv
+
+        obj, chunk = ctx.problem.objective, ctx.problem.eval_chunk
+        x, y = ctx.data.x_train[: self.subset], ctx.data.y_train[: self.subset]
+        hv = cv.hessian_matvec(obj.example_loss, params, x, y, chunk)
+        dim = hv.dim
+        k_tr, k_lz, k_min, k_slq, k_bs = jax.random.split(ctx.key, 5)
+        tr = cv.hutchinson(hv, dim, k_tr, self.num_probes, self.kind)
+        v0 = ctx.memory.get("top_vector")
+        top = cv.lanczos_eigs(hv, dim, self.top_k, self.lanczos_steps, key=k_lz, v0=v0)
+        low = cv.lanczos_eigs(hv, dim, 1, self.lanczos_steps, key=k_min, which="smallest")
+        ctx.memory["top_vector"] = top.eigenvectors[0]
+        lam = float(top.eigenvalues[0])
+        wn2 = float(sq_norm(params))
+        out = {
+            "hessian_trace": float(tr.estimate),
+            "hessian_trace_stderr": float(tr.stderr),
+            "hessian_trace_sq": float(tr.trace_sq),
+            "layer_hessian_traces": [float(v) for v in cv.layer_traces(tr.diag, params).values()],
+            "lambda_max": lam,
+            "lambda_max_residual": float(top.residuals[0]),
+            "lambda_max_converged": bool(top.converged[0]),
+            "top_eigenvalues": [float(v) for v in top.eigenvalues],
+            "lambda_min": float(low.eigenvalues[0]),
+            "lambda_min_residual": float(low.residuals[0]),
+            "lambda_max_scaled": lam * wn2,
+            "eos_threshold": self.threshold,
+            "grad_var": float(cv.gradient_noise(obj.example_loss, params, x, y)),
+        }
+        if self.batch_size and self.batch_size < x.shape[0]:
+            bs = cv.batch_sharpness(obj.example_loss, params, x, y, k_bs, self.batch_size,
+                                    self.sharpness_batches, chunk)
+            out |= {"batch_sharpness": float(bs.mean), "batch_sharpness_stderr": float(bs.stderr)}
+        if self.slq:
+            q = cv.slq(hv, dim, k_slq, self.slq_starts, self.lanczos_steps, self.kind)
+            out |= {"slq_nodes": jax.device_get(q.nodes).tolist(),
+                    "slq_weights": jax.device_get(q.weights).tolist()}
+        return out
+
+
+def measure_curvature(model, cfg, dataset, *, seed: int = 0, **probe_options) -> dict[str, Any]:
+    """All curvature probes once, on a trained ``model`` (e.g. a loaded checkpoint), with the
+    Hessian definition; ``probe_options`` override ``CurvatureProbe.from_config(cfg)``."""
+    from types import SimpleNamespace
+
+    from .training import build
+
+    s = build(cfg, dataset, model)
+    probe = CurvatureProbe.from_config(cfg.replace(hessian_every=1))
+    for k, v in probe_options.items():
+        setattr(probe, k, v)
+    ctx = SimpleNamespace(problem=s.problem, data=s.data, lr=cfg.lr, step=0,
+                          key=jax.random.key(seed), memory={})
+    return {"definition": probe.describe(), **probe(s.params0, ctx)}

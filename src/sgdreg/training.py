@@ -28,7 +28,7 @@ from .config import RunConfig, validate
 from .data import Dataset
 from .losses import Objective
 from .models import layer_names, make_model, num_params, partition
-from .probes import Probe, cheap_metrics
+from .probes import CurvatureProbe, Probe, cheap_metrics
 from .trace import TraceWriter, device_info, versions
 
 TRACE_COUNTS: Counter = Counter()
@@ -155,6 +155,8 @@ def train(cfg: RunConfig, dataset: Dataset | None = None, *, trace_path=None,
     """Run one configuration to ``cfg.steps`` (or divergence), writing the trace as it goes."""
     s = setup or build(cfg, dataset, model)
     cfg, problem, data = s.cfg, s.problem, s.data
+    if cfg.hessian_every and not any(p.name == "curvature" for p in probes):
+        probes = [*probes, CurvatureProbe.from_config(cfg)]
     writer = TraceWriter(trace_path, {
         "run_id": run_id(cfg), "config": cfg.to_dict(), "dataset": s.dataset.describe(),
         "versions": versions(), "device": device_info(), "seed": cfg.seed,
@@ -209,6 +211,10 @@ def train(cfg: RunConfig, dataset: Dataset | None = None, *, trace_path=None,
                     status, diverged_step = "diverged", div
                     detail = f"non-finite training loss at step {div} (lr={cfg.lr:g})"
                     break
+            if cfg.stop_loss is not None and writer.rows[-1]["train_loss"] is not None \
+                    and writer.rows[-1]["train_loss"] <= cfg.stop_loss:
+                detail = f"reached train_loss ≤ {cfg.stop_loss:g} at step {step}"
+                break
     except KeyboardInterrupt:
         status, detail = "interrupted", "stopped by the user (Ctrl-C)"
     trace = writer.finish(status, detail, diverged_step=diverged_step,
