@@ -302,3 +302,30 @@ def datasets(json: JsonOpt = False):
     print_table("datasets", ["name", "description"], [[k, v] for k, v in DATASETS.items()])
     if json:
         emit_json(DATASETS)
+
+
+@app.command()
+def figures(
+    data: Annotated[Path, Opt("--data", help="Folder of stored experiment results.")]
+    = Path("figures/data"),
+    out: Annotated[Path, Opt("--out", help="Where the PNG/SVG figures go.")] = Path("figures"),
+    only: Annotated[str | None, Opt("--only", help="Comma list of figure names.")] = None,
+):
+    """Regenerate the figure gallery from stored results (no re-training).
+
+    Example:
+
+      sgdreg figures                      # every figure in figures/ from figures/data/
+
+      sgdreg figures --only eos,randomize
+    """
+    from sgdreg.figures import GALLERY, render
+
+    names = parse_list(only, str, "--only", sorted(GALLERY)) if only else sorted(GALLERY)
+    missing = [n for n in names if not (data / n).is_dir()]
+    if missing:
+        raise UsageProblem(f"no stored results for {', '.join(missing)} in {data}; run the "
+                           "experiments in experiments/ first")
+    for name in names:
+        files = render(name, data, out)
+        console.print(f"{name}: " + ", ".join(str(f) for f in files))

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from sgdreg_cli.main import main
 
 from sgdreg.trace import load_trace, to_dataframe
-from sgdreg_cli.main import main
 
 TINY = ["--steps", "20", "--log-every", "10", "--n-train", "200", "--width", "16"]
 
