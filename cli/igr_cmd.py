@@ -1,3 +1,113 @@
-"""Commands registered on the shared app (filled in by their issue)."""
+"""``sgdreg igr``: implicit gradient regularization made visible (library: ``sgdreg.igr``)."""
 
-from .app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import UsageProblem, app, console, emit_json, out_dir, parse_list, print_table
+
+Opt = typer.Option
+
+
+@app.command()
+def igr(
+    lr: Annotated[str | None, Opt("--lr", help="Step sizes h, comma list. Defaults: check "
+                                  "0.2,0.1,0.05; --two-param 0.005,0.01,…,0.1; --sweep "
+                                  "0.05,0.1,0.2,0.5,1,2.")] = None,
+    time: Annotated[float | None, Opt("--time", help="Final time T = K·h (check: 2, a whole "
+                                      "number of steps of every h; --two-param: 20; --sweep: "
+                                      "150).")] = None,
+    dataset: Annotated[str, Opt("--dataset", help="Dataset (see `sgdreg datasets`).")] = "digits",
+    model: Annotated[str, Opt("--model", help="mlp | cnn | linear | random-features.")] = "mlp",
+    width: Annotated[str | None, Opt("--width", help="Width (check: 16); --sweep: comma list "
+                                     "(32,128,512).")] = None,
+    depth: Annotated[int, Opt("--depth", help="Hidden layers.")] = 1,
+    activation: Annotated[str | None, Opt("--activation", help="check: tanh (smooth); --sweep: "
+                                          "relu.")] = None,
+    n_train: Annotated[int | None, Opt("--n-train", help="Training examples (check: 64; "
+                                       "--sweep: 512).")] = None,
+    loss: Annotated[str | None, Opt("--loss", help="check: mse; --sweep: ce.")] = None,
+    dtype: Annotated[str | None, Opt("--dtype", help="check: float64; --sweep: float32.")] = None,
+    seed: Annotated[int, Opt("--seed", help="θ0 and the path projection.")] = 0,
+    n_log: Annotated[int | None, Opt("--n-log", help="Logged times per run (check: 10; "
+                                     "--two-param: 120, log-spaced).")] = None,
+    egr_lr: Annotated[float | None, Opt("--egr-lr", help="Check: small step s for EGR with "
+                                        "μ = h/4 (default min(h)/4; 0 skips).")] = None,
+    two_param: Annotated[bool, Opt("--two-param", help="Run the two-parameter example "
+                                   "E(a,b) = ½(y − abx)² from (2.8, 3.5) instead.")] = False,
+    h_small: Annotated[float, Opt("--h-small", help="--two-param: small step.")] = 0.005,
+    h_moderate: Annotated[float, Opt("--h-moderate", help="--two-param: moderate step.")] = 0.05,
+    sweep: Annotated[bool, Opt("--sweep", help="Sweep h × width with GD: R_IG, igr_gd, test "
+                               "accuracy at t = T and at a matched training loss.")] = False,
+    target_loss: Annotated[float, Opt("--target-loss", help="--sweep: matched training loss.")]
+    = 0.03,
+    out: Annotated[Path | None, Opt("--out", help="Output directory (default "
+                                    "sgdreg-runs/igr-<time>).")] = None,
+    json: Annotated[bool, Opt("--json", help="Print the results on stdout.")] = False,
+):
+    """Implicit gradient regularization: GD vs plain and modified flow, EGR, two-parameter
+    example, h × width sweep. Writes results.json, traces/ and a figure.
+
+    Examples:
+
+      sgdreg igr --lr 0.2,0.1,0.05 --time 2
+
+      sgdreg igr --two-param
+
+      sgdreg igr --sweep --lr 0.1,0.5,1 --width 32,128 --time 100
+    """
+    from sgdreg import igr as lib
+    from sgdreg.config import RunConfig
+
+    if two_param and sweep:
+        raise UsageProblem("--two-param and --sweep: choose one")
+    lrs = parse_list(lr, float, "--lr") if lr is not None else None
+    widths = parse_list(width, int, "--width") if width is not None else None
+    given = {k: v for k, v in dict(dataset=dataset, model=model, depth=depth, activation=activation,
+                                   n_train=n_train, loss=loss, dtype=dtype, seed=seed).items()
+             if v is not None}
+    dest = out_dir(out, "igr")
+    if two_param:
+        kw = {k: v for k, v in (("lrs", lrs), ("time", time), ("n_log", n_log)) if v is not None}
+        res = lib.two_param_example(h_small=h_small, h_moderate=h_moderate, out_dir=dest,
+                                    progress=console.print, **kw)
+        fig = lib.render_two_param(dest, dest / "two_param.png")[0]
+        print_table("two-parameter model: final ||a| − |b|| (flow: "
+                    f"{res['paths']['flow']['final_gap']:.4g})", ["h", "GD gap", "mod. flow gap"],
+                    [[g["lr"], g["gd_gap"], g["modified_flow_gap"]] for g in res["gaps"]])
+    elif sweep:
+        base = RunConfig(**(lib.SWEEP_DEFAULTS | given))
+        kw = {k: v for k, v in (("lrs", lrs), ("widths", widths), ("time", time)) if v is not None}
+        res = lib.igr_sweep(base, target_loss=target_loss, out_dir=dest, progress=console.print,
+                            **kw)
+        fig = lib.render_sweep(dest, dest / "sweep.png")[0]
+        print_table(f"GD sweep: at t = {res['time']:g} | at train loss {target_loss:g}",
+                    ["run", "status", "R_IG", "test acc", "R_IG@L", "test acc@L"],
+                    [[r["run_id"], r["status"], r["final"]["grad_norm_sq"], r["final"]["test_acc"],
+                      (r["at_loss"] or {}).get("grad_norm_sq"), (r["at_loss"] or {}).get("test_acc")]
+                     for r in res["rows"]])
+    else:
+        if widths is not None and len(widths) != 1:
+            raise UsageProblem("--width: the check takes one width (lists are for --sweep)")
+        if widths:
+            given["width"] = widths[0]
+        cfg = RunConfig(**(lib.CHECK_DEFAULTS | given))
+        kw = {k: v for k, v in (("lrs", lrs), ("time", time), ("n_log", n_log)) if v is not None}
+        res = lib.backward_error_check(cfg, egr_lr=egr_lr, out_dir=dest, progress=console.print,
+                                       **kw)
+        fig = lib.render_backward_error(dest, dest / "backward_error.png")[0]
+        rows = res["rows"]
+        print_table(f"GD vs flows at t = {res['time']:g}: orders plain "
+                    f"{res['orders']['flow'] or float('nan'):.2f}, modified "
+                    f"{res['orders']['modified_flow'] or float('nan'):.2f}",
+                    ["h", "GD↔flow", "GD↔mod", "ratio", "ΔL flow", "ΔL mod", "GD↔EGR", "GD↔GD(s)"],
+                    [[r["lr"], r["dist_flow"], r["dist_modified_flow"], r["ratio"],
+                      r["loss_diff_flow"], r["loss_diff_modified_flow"], r.get("dist_egr"),
+                      r.get("dist_small_step")] for r in rows])
+    console.print(f"results.json, traces/ and {fig.name} in {dest}")
+    if json:
+        emit_json({"out": str(dest), "figure": str(fig)}
+                  | {k: v for k, v in res.items() if k not in ("series", "paths")})

@@ -11,7 +11,11 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-GALLERY: dict[str, str] = {}
+GALLERY: dict[str, str] = {
+    "igr_backward_error": "sgdreg.igr:render_backward_error",
+    "igr_two_param": "sgdreg.igr:render_two_param",
+    "igr_sweep": "sgdreg.igr:render_sweep",
+}
 
 
 def render(name: str, data_root: Path, out_root: Path) -> list[Path]:
