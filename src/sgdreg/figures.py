@@ -15,6 +15,11 @@ GALLERY: dict[str, str] = {
     "igr_backward_error": "sgdreg.igr:render_backward_error",
     "igr_two_param": "sgdreg.igr:render_two_param",
     "igr_sweep": "sgdreg.igr:render_sweep",
+    "zhang_randomization": "sgdreg.experiment_figures:render_randomization",
+    "zhang_expressivity": "sgdreg.experiment_figures:render_expressivity",
+    "min_norm_kernel": "sgdreg.experiment_figures:render_kernel",
+    "double_descent_rff": "sgdreg.experiment_figures:render_double_descent",
+    "double_descent_width": "sgdreg.experiment_figures:render_double_descent",
 }
 
 
