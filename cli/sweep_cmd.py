@@ -1,3 +1,121 @@
-"""Commands registered on the shared app (filled in by their issue)."""
+"""sweep: a grid of runs from a TOML file, vmapped, sharded over devices, resumable."""
 
-from .app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import UsageProblem, app, console, emit_json, out_dir, print_table
+
+Opt = typer.Option
+
+
+@app.command()
+def sweep(
+    grid: Annotated[Path, typer.Argument(help="Sweep file (TOML): [base] fields and [grid] lists.")],
+    out: Annotated[Path | None, Opt("--out", help="Output directory (default "
+                                    "sgdreg-runs/sweep-<time>; required with --resume).")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue the sweep in --out from its last "
+                                "checkpoint; finished runs are kept, not re-run.")] = False,
+    devices: Annotated[int | None, Opt("--devices", help="Shard the runs over the first N "
+                                       "devices (default: all).")] = None,
+    block: Annotated[int | None, Opt("--block", help="Runs per vmapped block (default: min(8, "
+                                     "runs)); a run's numbers depend on this only (raise it on "
+                                     "GPUs).")] = None,
+    save_models: Annotated[bool, Opt("--save-models", help="Also write each run's final model "
+                                     "to models/<run_id>.eqx (for `sgdreg hessian`).")] = False,
+    distributed: Annotated[bool, Opt("--distributed", help="Multi-host: call "
+                                     "jax.distributed.initialize() first; process 0 writes.")]
+    = False,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Show the groups and memory estimates; "
+                                 "run nothing.")] = False,
+    json: Annotated[bool, Opt("--json", help="Print the sweep index on stdout.")] = False,
+):
+    """Run every configuration of a grid file as vmapped runs in one compiled program per group.
+
+    Writes traces/<run_id>.json (one trace per run), sweep.json (index) and summary.csv into
+    --out, checkpointing every chunk. The TOML format is described in
+    experiments/sweep_digits.toml and `sgdreg.sweep`.
+
+    Examples:
+
+      sgdreg sweep experiments/sweep_digits.toml --out runs/digits
+
+      sgdreg sweep experiments/sweep_digits.toml --out runs/digits --resume
+
+      sgdreg sweep grid.toml --devices 1 --dry-run
+    """
+    if distributed:
+        import jax
+
+        jax.distributed.initialize()
+    from sgdreg import sweep as sw
+
+    if resume and out is None:
+        raise UsageProblem("--resume needs --out (the directory of the sweep to continue)")
+    g = sw.load_grid(grid)
+    if dry_run:
+        _show_plan(sw, g, devices, block, json)
+        return
+    dest = out_dir(out, "sweep")
+    plan_runs = len(g.runs())
+    console.print(f"[bold]sweep[/] {g.name}: {plan_runs} runs → {dest}"
+                  + (" (resuming)" if resume else ""))
+
+    def progress(ev: dict):
+        console.print(f"  group {ev['group'] + 1}/{ev['groups']} ({ev['runs']} runs): step "
+                      f"{ev['step']}/{ev['steps']}"
+                      + (f", {ev['diverged']} diverged" if ev["diverged"] else ""),
+                      highlight=False)
+
+    res = sw.run_sweep(g, dest, resume=resume, devices=devices, progress=progress,
+                       save_models=save_models, block=block)
+    cols, rows = _screen_table(res.index)
+    print_table(f"{g.name}: final values (all columns in summary.csv)", cols, rows)
+    console.print(f"{len(rows)} traces in {dest / 'traces'}; index {dest / 'sweep.json'}, "
+                  f"table {dest / 'summary.csv'} ({res.index['wall_time_s']:.1f} s)")
+    if json:
+        emit_json(res.index)
+    return 1 if any(r["status"] == "failed" for r in res.index["runs"]) else 0
+
+
+SCREEN = (("train_loss", "train L"), ("test_acc", "test acc"), ("gen_gap", "gen gap"),
+          ("steps_to_fit", "steps→100%"))
+
+
+def _screen_table(index: dict):
+    """Run number, grid values, status and a few final values: fits a terminal."""
+    runs = index["runs"]
+    axes = list(runs[0]["grid_values"]) if runs else []
+    cols = ["#", *axes, "status", *(label for _, label in SCREEN)]
+    rows = [[r["index"], *(r["grid_values"][a] for a in axes),
+             r["status"] + (f"@{r['diverged_step']}" if r["diverged_step"] is not None else ""),
+             *(r["summary"].get(k) for k, _ in SCREEN)] for r in runs]
+    return cols, rows
+
+
+def _show_plan(sw, grid, devices, block, json):
+    plan = sw.plan_sweep(grid)
+    n_dev = len(sw.select_devices(devices))
+    rows, out = [], []
+    for g in plan.groups:
+        r0 = plan.runs[g.runs[0]]
+        ds = plan.datasets[r0.data_key]
+        b = block or min(sw.DEFAULT_BLOCK, len(g.runs))
+        mem = sw.estimate_memory(r0.cfg, (ds.n_train, *ds.input_shape), out_size=ds.out_size,
+                                 n_test=ds.n_test, runs=len(g.runs), block=b,
+                                 shared_data=g.shared_data)
+        unit = b * n_dev
+        padded = -(-len(g.runs) // unit) * unit if g.kind == "vmap" else 1
+        rows.append([g.id, len(g.runs), padded, r0.cfg.optimizer, r0.cfg.batch_size,
+                     r0.cfg.width, "shared" if g.shared_data else "per run",
+                     sw.format_bytes(mem["per_run"]), sw.format_bytes(mem["total"])])
+        out.append({"group": g.id, "kind": g.kind, "runs": [plan.runs[i].run_id for i in g.runs],
+                    "padded_size": padded, "shared_data": g.shared_data, "memory": mem})
+    print_table(f"{grid.name}: {len(plan.runs)} runs in {len(plan.groups)} groups on {n_dev} "
+                "device(s)", ["group", "runs", "padded", "optimizer", "batch", "width",
+                              "data", "mem/run", "mem total"], rows)
+    if json:
+        emit_json({"name": grid.name, "groups": out})
