@@ -1,9 +1,11 @@
 """Full-batch quantities over large data in fixed-size chunks, weighted by chunk size.
 
 Every full-batch loss, gradient and Hessian-vector product in sgdreg goes through this module:
-the data are padded to a whole number of chunks of ``chunk_size`` examples, padded rows get
-weight 0, and a ``lax.scan`` accumulates masked sums, so memory is bounded by one chunk and a
-ragged last chunk is weighted exactly (SCIENCE.md §3: Σ_j (b_j/n)·H_j v, never a plain average).
+a ``lax.scan`` over chunks of ``chunk_size`` examples accumulates masked sums, so memory is
+bounded by one chunk and a ragged last chunk is weighted exactly (SCIENCE.md §3:
+Σ_j (b_j/n)·H_j v, never a plain average). Chunks are read in place with ``dynamic_slice``; the
+last one is shifted back to end at row n and its rows already counted get weight 0, so no padded
+copy of the dataset is ever made.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ ExampleFn = Callable[[Any, jax.Array, jax.Array], Any]  # (params, x_i, y_i) -> 
 
 
 def chunk_data(x: jax.Array, y: jax.Array, chunk_size: int):
-    """Pad ``(x, y)`` to ``nc·chunk`` rows and reshape to ``(nc, chunk, ...)`` with 0/1 weights."""
+    """Pad ``(x, y)`` to ``nc·chunk`` rows and reshape to ``(nc, chunk, ...)`` with 0/1 weights
+    (a padded copy: for statistics that need all chunks at once, e.g. percentiles)."""
     n = x.shape[0]
     chunk = max(1, min(int(chunk_size), n))
     nc = -(-n // chunk)
@@ -36,17 +39,25 @@ def chunk_data(x: jax.Array, y: jax.Array, chunk_size: int):
     )
 
 
-def _scan_sum(chunk_fn, init, xc, yc, wc):
-    def body(acc, batch):
-        return jax.tree.map(jnp.add, acc, chunk_fn(*batch)), None
+def _scan_sum(chunk_fn, init, x, y, chunk_size: int):
+    """Σ_j chunk_fn(x_j, y_j, w_j) over in-place chunks (w_j masks rows of earlier chunks)."""
+    n = x.shape[0]
+    chunk = max(1, min(int(chunk_size), n))
+    nc = -(-n // chunk)
 
-    return jax.lax.scan(body, init, (xc, yc, wc))[0]
+    def body(acc, j):
+        start = jnp.minimum(j * chunk, n - chunk)
+        xb = jax.lax.dynamic_slice_in_dim(x, start, chunk)
+        yb = jax.lax.dynamic_slice_in_dim(y, start, chunk)
+        wb = (start + jnp.arange(chunk) >= j * chunk).astype(x.dtype)
+        return jax.tree.map(jnp.add, acc, chunk_fn(xb, yb, wb)), None
+
+    return jax.lax.scan(body, init, jnp.arange(nc))[0]
 
 
 def full_batch_mean(fn: ExampleFn, params, x, y, chunk_size: int = DEFAULT_CHUNK):
     """(1/n) Σ_i fn(params, x_i, y_i), evaluated chunk by chunk."""
     n = x.shape[0]
-    xc, yc, wc = chunk_data(x, y, chunk_size)
 
     def chunk_fn(xb, yb, wb):
         out = jax.vmap(fn, in_axes=(None, 0, 0))(params, xb, yb)
@@ -54,7 +65,7 @@ def full_batch_mean(fn: ExampleFn, params, x, y, chunk_size: int = DEFAULT_CHUNK
 
     shape = jax.eval_shape(fn, params, x[0], y[0])
     init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
-    return jax.tree.map(lambda s: s / n, _scan_sum(chunk_fn, init, xc, yc, wc))
+    return jax.tree.map(lambda s: s / n, _scan_sum(chunk_fn, init, x, y, chunk_size))
 
 
 def _masked_sum(example_loss: ExampleFn):
@@ -73,7 +84,6 @@ def full_batch_value_and_grad(
     ``((L, mean aux), ∇L)``, e.g. the accuracy from the same forward pass.
     """
     n = x.shape[0]
-    xc, yc, wc = chunk_data(x, y, chunk_size)
 
     def chunk_value(p, xb, yb, wb):
         out = jax.vmap(example_loss, in_axes=(None, 0, 0))(p, xb, yb)
@@ -82,12 +92,15 @@ def full_batch_value_and_grad(
         return jnp.dot(wb, out[0]), jax.tree.map(lambda a: jnp.tensordot(wb, a, axes=1), out[1])
 
     vg = jax.value_and_grad(chunk_value, has_aux=True)
-    aux_shape = jax.eval_shape(lambda: chunk_value(params, xc[0], yc[0], wc[0])[1])
+    chunk = max(1, min(int(chunk_size), n))
+    aux_shape = jax.eval_shape(
+        lambda: chunk_value(params, x[:chunk], y[:chunk], jnp.ones(chunk, x.dtype))[1])
     init = (
         (jnp.zeros((), x.dtype), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)),
         jax.tree.map(jnp.zeros_like, params),
     )
-    (loss, aux), grad = _scan_sum(lambda xb, yb, wb: vg(params, xb, yb, wb), init, xc, yc, wc)
+    (loss, aux), grad = _scan_sum(lambda xb, yb, wb: vg(params, xb, yb, wb), init, x, y,
+                                  chunk_size)
     grad = jax.tree.map(lambda g: g / n, grad)
     if has_aux:
         return (loss / n, jax.tree.map(lambda a: a / n, aux)), grad
@@ -97,11 +110,10 @@ def full_batch_value_and_grad(
 def full_batch_hvp(example_loss: ExampleFn, params, x, y, v, chunk_size: int = DEFAULT_CHUNK):
     """Hv = d/dε ∇L(θ+εv)|₀ by forward-over-reverse, as Σ_j (b_j/n)·H_j v over chunks."""
     n = x.shape[0]
-    xc, yc, wc = chunk_data(x, y, chunk_size)
     grad = jax.grad(_masked_sum(example_loss))
 
     def chunk_fn(xb, yb, wb):
         return jax.jvp(lambda p: grad(p, xb, yb, wb), (params,), (v,))[1]
 
-    hv = _scan_sum(chunk_fn, jax.tree.map(jnp.zeros_like, params), xc, yc, wc)
+    hv = _scan_sum(chunk_fn, jax.tree.map(jnp.zeros_like, params), x, y, chunk_size)
     return jax.tree.map(lambda a: a / n, hv)

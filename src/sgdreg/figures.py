@@ -20,6 +20,7 @@ GALLERY: dict[str, str] = {
     "min_norm_kernel": "sgdreg.experiment_figures:render_kernel",
     "double_descent_rff": "sgdreg.experiment_figures:render_double_descent",
     "double_descent_width": "sgdreg.experiment_figures:render_double_descent",
+    "eos": "sgdreg.eos:render_eos",
 }
 
 

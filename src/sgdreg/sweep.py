@@ -896,11 +896,9 @@ def estimate_memory(cfg: RunConfig, dataset_shape: Sequence[int], *, out_size: i
     differ in data. Per run while its block computes (``activations``): the larger of one
     full-batch chunk (``min(eval_chunk, n)`` examples; ×3 with EGR or the modified flow, for the
     HVP) and one minibatch, counting inputs, pre- and post-activations and outputs. Shared: the
-    data once (train + test; replicated on every device). ``padding_copy``: when ``eval_chunk``
-    does not divide n, ``batching.chunk_data`` pads by concatenation, a transient copy of the
-    training inputs (shared, or per run with per-run data); a chunk that divides n (1000 or 5000
-    for CIFAR-10's 50,000) avoids it. ``per_run`` = state + activations (+ its padding copy):
-    one run alone. ``total`` = shared + runs × state + block × activations, with
+    data once (train + test; replicated on every device); chunks are read in place (no padded
+    copy, whatever ``eval_chunk``). ``per_run`` = state + activations: one run alone.
+    ``total`` = shared + runs × state + block × activations, with
     ``block = min(8, runs)`` by default (blocks of a device run one after another).
     """
     n, *in_shape = (int(v) for v in dataset_shape)
@@ -925,13 +923,11 @@ def estimate_memory(cfg: RunConfig, dataset_shape: Sequence[int], *, out_size: i
     }
     state = sum(out.values()) + (0 if shared_data else data)
     activations = max(eval_act, batch_act) * item
-    padding = (-(-n // chunk) * chunk * d * item) if n % chunk else 0
     block = min(block or DEFAULT_BLOCK, runs)
-    shared = data + padding if shared_data else 0
-    per_block_run = activations + (0 if shared_data else padding)
-    return {**out, "state": state, "activations": activations, "padding_copy": padding,
-            "per_run": state + activations + padding, "data": data, "shared": shared,
-            "runs": runs, "block": block, "total": shared + runs * state + block * per_block_run}
+    shared = data if shared_data else 0
+    return {**out, "state": state, "activations": activations,
+            "per_run": state + activations, "data": data, "shared": shared,
+            "runs": runs, "block": block, "total": shared + runs * state + block * activations}
 
 
 def format_bytes(b: float) -> str:
