@@ -21,6 +21,7 @@ GALLERY: dict[str, str] = {
     "double_descent_rff": "sgdreg.experiment_figures:render_double_descent",
     "double_descent_width": "sgdreg.experiment_figures:render_double_descent",
     "eos": "sgdreg.eos:render_eos",
+    "generalization_measures": "sgdreg.generalization:render_generalization",
 }
 
 

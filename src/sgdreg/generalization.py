@@ -1,0 +1,672 @@
+"""Which measures predict generalization? The study of Jiang et al. (2020, "Fantastic
+generalization measures") over a directory of finished runs (SCIENCE.md §6).
+
+A run directory holds traces and final models, in the sweep layout (``traces/<run>.json`` with
+``models/<run>.eqx``: ``sgdreg sweep --save-models`` or ``train_grid``) or flat (``<run>.json``
+with ``<run>.eqx`` beside it: ``sgdreg train --save-checkpoint``). ``correlate(run_dir)``:
+
+1. Protocol: runs are compared at the same training loss L*, the runs' common ``stop_loss``
+   (or ``target_loss``). A run that ended with train_loss > L*, did not complete, or has no
+   model file is discarded and listed with its reason in ``discarded``. The steps to reach L*
+   (first logged step with train_loss ≤ L*; the final step of a ``stop_loss`` run) are a measure.
+   ``train_grid`` stops each run at L*; ``sweep.run_sweep`` trains every run to its last step,
+   so there ``target_loss`` only discards (``train_loss_range`` shows the spread left).
+2. Measures of each kept run: every ``measures.compute_measures`` measure of the final model
+   against θ0 (rebuilt from the seed, ``training.build``) on the run's own training data
+   (``training.load_data``: corrupted labels included), the trace's final ``grad_norm_sq``,
+   ``igr_gd``, ``igr_sgd_var``, ``minibatch_grad_norm_sq``, ``grad_var_est`` and the last logged
+   curvature (``hessian_trace``, ``lambda_max``, ``grad_var``, ``batch_sharpness``), or curvature
+   of the final model (``curvature=True``), and ``dist_to_min_norm`` = ‖W−W*‖_F/‖W*‖_F for a
+   linear model with MSE loss and d ≥ n. Flatness searches use one key (``seed``) for every run:
+   common random numbers. Cached in ``measures.json``: a run is recomputed only when its trace or
+   model file, the options or L* change (``recompute=True`` forces it).
+3. Ranking: Kendall τ of each measure against the gap over the kept runs (``rank_measures``),
+   percentile-bootstrap CIs over runs, and the granulated Ψ (``granulated_psi``) over the
+   hyper-parameters = the config fields that vary across kept runs. The seed is not a
+   hyper-parameter: runs compared for ψ_i differ in field i only and share their seed.
+   Ψ's CI resamples runs like τ's (the same resamples), leaving out pairs of copies of one run
+   (``psi_bootstrap``).
+
+Gap: ``acc_gap`` = train accuracy − test accuracy by default (Jiang et al. rank against the
+error gap; with the loss at L* for every run, the loss gap mostly measures test over-confidence);
+``gen_gap`` = test loss − train loss for regression or on request. Ranked measures leave out
+monotone duplicates (σ next to 1/σ², margin next to 1/γ², √path norm), per-layer norms and
+measures constant over the runs; all are kept in ``measures.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .correlation import _resample_indices, granulated_psi, rank_measures
+from .trace import SCHEMA as TRACE_SCHEMA
+from .trace import atomic_write_json, to_json_value, validate_trace
+
+MEASURES_FILE = "measures.json"
+CORRELATION_FILE = "correlation.json"
+MEASURES_SCHEMA = "sgdreg.measures/1"
+CORRELATION_SCHEMA = "sgdreg.correlation/1"
+GAPS = ("acc_gap", "gen_gap")
+DEFAULT_GAP = "acc_gap"
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "flatness": True, "curvature": False, "seed": 0, "num_samples": 16, "num_steps": 10,
+    "num_bisection": 20, "target_drop": 0.1, "margin_q": 10.0}
+FINAL_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "gen_gap", "acc_gap")
+TRACE_FINAL = ("grad_norm_sq", "igr_gd", "igr_sgd_var", "minibatch_grad_norm_sq", "grad_var_est")
+TRACE_CURVATURE = ("hessian_trace", "lambda_max", "grad_var", "batch_sharpness")
+# config fields that describe the measurement or the bookkeeping, not the trained model
+NOT_HYPERPARAMS = ("seed", "data_dir", "log_every", "eval_chunk", "stop_loss", "rtol", "atol",
+                   "hessian_every", "probes", "probe_kind", "lanczos_steps", "top_k",
+                   "hessian_n", "slq")
+LAYER_PREFIXES = ("spectral_norm_", "frobenius_norm_", "dist_fro_init_", "dist_spec_init_")
+NOT_RANKED = ("margin", "path_norm_sqrt", "pacbayes_sigma", "pacbayes_mag_sigma",
+              "sharpness_radius", "mag_sharpness_radius")
+FAMILIES = ("norm", "margin", "flatness", "curvature", "implicit reg.", "optimization")
+Progress = Callable[[str], None]
+
+
+class StudyError(ValueError):
+    """A run directory that cannot be studied; the message is one line saying why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFiles:
+    """One run of a directory: its name (file stem), trace and (maybe missing) model file."""
+
+    run_id: str
+    trace: Path
+    model: Path
+
+
+# ---------------------------------------------------------------- reading a run directory
+
+
+def find_runs(run_dir: str | Path) -> list[tuple[RunFiles, dict | str]]:
+    """(files, trace or the problem with it) for every trace of ``run_dir``, by file name.
+
+    Sweep layout when ``run_dir/traces`` exists, flat otherwise; JSON files that are not traces
+    (``sweep.json``, ``summary.json``, ``measures.json``, ...) are skipped.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise StudyError(f"no run directory at {run_dir}")
+    sweep = (run_dir / "traces").is_dir()
+    folder, models = (run_dir / "traces", run_dir / "models") if sweep else (run_dir, run_dir)
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if not isinstance(doc, dict) or doc.get("schema") != TRACE_SCHEMA:
+            continue
+        problems = validate_trace(doc)
+        files = RunFiles(path.stem, path, models / f"{path.stem}.eqx")
+        out.append((files, f"invalid trace: {problems[0]}" if problems else doc))
+    if not out:
+        raise StudyError(f"{run_dir} holds no traces: expected traces/<run>.json with "
+                         "models/<run>.eqx (sgdreg sweep --save-models) or <run>.json with "
+                         "<run>.eqx beside it (sgdreg train --save-checkpoint)")
+    return out
+
+
+def _last(values: Sequence | None):
+    """The last non-null value of a metric column (None if there is none)."""
+    return next((v for v in reversed(values or []) if v is not None), None)
+
+
+def steps_to_loss(doc: dict, target: float | None) -> int | None:
+    """First logged step with train_loss ≤ target (None: never, or no target)."""
+    if target is None:
+        return None
+    m = doc["metrics"]
+    return next((s for s, v in zip(m["step"], m.get("train_loss", []))
+                 if v is not None and v <= target), None)
+
+
+def resolve_target(docs: Sequence[dict], target_loss: float | None = None) -> float | None:
+    """L*: ``target_loss`` if given, else the runs' common ``stop_loss`` (None if none has one)."""
+    if target_loss is not None:
+        if not target_loss > 0:
+            raise StudyError(f"--target-loss must be > 0, got {target_loss:g}")
+        return float(target_loss)
+    stops = sorted({d["config"].get("stop_loss") for d in docs} - {None})
+    if len(stops) > 1:
+        raise StudyError("runs were trained to different stop_loss values ("
+                         + ", ".join(f"{s:g}" for s in stops) + "); choose one with --target-loss")
+    return float(stops[0]) if stops else None
+
+
+def screen(files: RunFiles, doc: dict | str, target: float | None, run_dir: Path) -> dict:
+    """The run's row before measures: config, final metrics, steps to L*, and ``discarded``
+    (None, or why the protocol drops it)."""
+    row: dict[str, Any] = {"run_id": files.run_id,
+                           "trace": str(files.trace.relative_to(run_dir)),
+                           "model": str(files.model.relative_to(run_dir))}
+    if isinstance(doc, str):
+        return {**row, "status": None, "discarded": doc}
+    m = doc["metrics"]
+    final_step = m["step"][-1] if m["step"] else None
+    row |= {"status": doc["status"], "config": doc["config"], "final_step": final_step,
+            **{k: (m[k][-1] if m.get(k) else None) for k in FINAL_METRICS},
+            "steps_to_loss": steps_to_loss(doc, target)}
+    loss = row["train_loss"]
+    if doc["status"] != "completed":
+        reason = f"status {doc['status']}" + (f" ({doc['status_detail']})"
+                                               if doc.get("status_detail") else "")
+    elif target is not None and (loss is None or loss > target):
+        reason = (f"did not reach train_loss ≤ {target:g} in {final_step} steps (final "
+                  + ("null" if loss is None else f"{loss:.4g}") + ")")
+    elif not files.model.is_file():
+        reason = f"no model file {row['model']}"
+    else:
+        reason = None
+    return {**row, "discarded": reason}
+
+
+def trace_measures(doc: dict, target: float | None) -> dict[str, float]:
+    """Measures read from the trace: final-row IGR/noise terms, last logged curvature, steps."""
+    m = doc["metrics"]
+    out = {k: m[k][-1] for k in TRACE_FINAL if m.get(k) and m[k][-1] is not None}
+    out |= {k: v for k in TRACE_CURVATURE if (v := _last(m.get(k))) is not None}
+    steps = steps_to_loss(doc, target)
+    if steps is not None:
+        out["steps_to_loss"] = float(steps)
+    return out
+
+
+# ---------------------------------------------------------------- measures of one run
+
+
+def dist_to_min_norm(model, cfg, dataset) -> float | None:
+    """‖W−W*‖_F/‖W*‖_F, W* the min-norm interpolant (Zhang et al. 2017 §5), for a linear model
+    trained with MSE on d ≥ n examples (``experiments.MinNormDistance``); None otherwise."""
+    from .experiments import MinNormDistance
+    from .kernels import _flatten, _targets, min_norm_interpolant
+
+    if cfg.model != "linear" or cfg.loss != "mse":
+        return None
+    x = _flatten(dataset.x_train)
+    if x.shape[0] > x.shape[1]:
+        return None
+    try:
+        w_star = min_norm_interpolant(x, _targets(dataset.y_train, dataset.num_classes)).T
+    except ValueError:  # XXᵀ singular: no exact interpolant
+        return None
+    return MinNormDistance(w_star, 1)(model, None)["dist_to_min_norm"]
+
+
+class _Data:
+    """Datasets by ``sweep.data_key``: loaded once per distinct source/randomization/seed."""
+
+    def __init__(self):
+        self.cache: dict[tuple, Any] = {}
+
+    def __call__(self, cfg):
+        from .sweep import data_key
+        from .training import load_data
+
+        key = data_key(cfg)
+        if key not in self.cache:
+            self.cache[key] = load_data(cfg)
+        return self.cache[key]
+
+
+def run_measures(files: RunFiles, doc: dict, target: float | None, options: dict,
+                 data: Callable | None = None) -> dict[str, float]:
+    """Every measure of one run (see the module docstring); StudyError if its model file does
+    not belong to its trace."""
+    import jax
+
+    from .checkpoint import load_model
+    from .config import RunConfig
+    from .measures import compute_measures
+    from .training import build
+
+    try:
+        cfg = RunConfig(**doc["config"])
+    except TypeError as e:
+        raise StudyError(f"trace config does not match this sgdreg ({e})") from None
+    model, saved = load_model(files.model)
+    if saved != cfg:
+        diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
+        raise StudyError(f"model file {files.model.name} has another config ({', '.join(diff)})")
+    ds = (data or _Data())(cfg)
+    s = build(cfg, ds)
+    tm = trace_measures(doc, target)
+    if options["curvature"]:
+        from .probes import measure_curvature
+
+        c = measure_curvature(model, cfg, ds, seed=options["seed"])
+        tm |= {k: c[k] for k in TRACE_CURVATURE if c.get(k) is not None}
+    kw = {k: options[k] for k in ("num_samples", "num_steps", "num_bisection", "target_drop",
+                                  "margin_q", "flatness")}
+    out = compute_measures(model, s.model0, s.problem.objective, (s.data.x_train, s.data.y_train),
+                           jax.random.key(options["seed"]), trace_metrics=tm, **kw)
+    if "grad_var_est" in tm:
+        out["grad_var_est"] = float(tm["grad_var_est"])
+    d = dist_to_min_norm(model, cfg, ds)
+    if d is not None:
+        out["dist_to_min_norm"] = d
+    return out
+
+
+def _fingerprint(files: RunFiles) -> str:
+    h = hashlib.sha256(files.trace.read_bytes())
+    h.update(files.model.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def _options(options: dict) -> dict:
+    unknown = set(options) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown measure option(s) {', '.join(sorted(unknown))}; allowed: "
+                        f"{', '.join(DEFAULT_OPTIONS)}")
+    return {**DEFAULT_OPTIONS, **options}
+
+
+def _cached(run_dir: Path, options: dict, target: float | None) -> dict[str, dict]:
+    """Rows of a previous measures.json computed with the same options and L*, by run."""
+    path = run_dir / MEASURES_FILE
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    if (old.get("schema") != MEASURES_SCHEMA or old.get("options") != to_json_value(options)
+            or old.get("target_loss") != target):
+        return {}
+    return {r["run_id"]: r for r in old.get("runs", []) if r.get("measures")}
+
+
+# ---------------------------------------------------------------- the measure table
+
+
+def measure_table(run_dir: str | Path, *, target_loss: float | None = None,
+                  recompute: bool = False, gap: str | None = None,
+                  progress: Progress | None = None, **options) -> dict:
+    """Screen every run, compute (or reuse) the measures of the kept ones, write measures.json.
+
+    Returns the document: ``target_loss`` L*, ``options``, ``runs`` (one row per trace:
+    ``run_id``, ``config``, final metrics, ``steps_to_loss``, ``discarded`` and ``measures``).
+    Everything that can be checked from the traces (fewer than two usable runs, a ``gap`` the
+    runs lack) raises StudyError before anything is computed or written.
+    """
+    run_dir = Path(run_dir)
+    opts = _options(options)
+    found = find_runs(run_dir)
+    target = resolve_target([d for _, d in found if isinstance(d, dict)], target_loss)
+    rows = [screen(f, d, target, run_dir) for f, d in found]
+    _check_usable(rows, target, gap)
+    cache = {} if recompute else _cached(run_dir, opts, target)
+    doc = {"schema": MEASURES_SCHEMA, "target_loss": target, "options": opts, "runs": rows}
+    data = _Data()
+    kept = [(f, d, r) for (f, d), r in zip(found, rows) if r["discarded"] is None]
+    for i, (files, trace, row) in enumerate(kept):
+        fp = _fingerprint(files)
+        hit = cache.get(row["run_id"])
+        if hit is not None and hit.get("fingerprint") == fp:
+            row |= {"fingerprint": fp, "measures": hit["measures"], "cached": True,
+                    "measure_time_s": hit.get("measure_time_s")}
+            _say(progress, f"measures {i + 1}/{len(kept)} {row['run_id']}: cached")
+            continue
+        start = time.perf_counter()
+        try:
+            row["measures"] = run_measures(files, trace, target, opts, data)
+        except StudyError as e:
+            row["discarded"] = str(e)
+        except ValueError as e:  # CheckpointError: unreadable model file
+            row["discarded"] = f"unreadable model file: {e}"
+        row |= {"fingerprint": fp, "cached": False,
+                "measure_time_s": time.perf_counter() - start}
+        _say(progress, f"measures {i + 1}/{len(kept)} {row['run_id']}: "
+                       f"{row['measure_time_s']:.1f} s" + (f" — discarded: {row['discarded']}"
+                                                           if row["discarded"] else ""))
+        atomic_write_json(run_dir / MEASURES_FILE, doc, indent=None)
+    atomic_write_json(run_dir / MEASURES_FILE, doc, indent=None)
+    return doc
+
+
+def _check_usable(rows: list[dict], target: float | None, gap: str | None) -> None:
+    kept = [r for r in rows if r["discarded"] is None]
+    if len(kept) < 2:
+        why = "; ".join(f"{r['run_id']}: {r['discarded']}" for r in rows[:3])
+        raise StudyError(f"{len(kept)} of {len(rows)} runs usable (need ≥ 2"
+                         + (f" that reached train_loss ≤ {target:g}" if target else "")
+                         + f"): {why}" + (" ..." if len(rows) > 3 else ""))
+    if gap is not None and all(r.get(gap) is None for r in kept):
+        other = [g for g in GAPS if g != gap][0]
+        raise StudyError(f"--gap {gap}: the runs have no {gap} (regression has no accuracy); "
+                         f"use --gap {other}")
+
+
+def _say(progress: Progress | None, text: str) -> None:
+    if progress:
+        progress(text)
+
+
+# ---------------------------------------------------------------- ranking
+
+
+def family(name: str) -> str:
+    """The measure's kind, one of ``FAMILIES`` (colours of the figure)."""
+    if name.startswith(("pacbayes", "sharpness", "mag_sharpness")):
+        return "flatness"
+    if "margin" in name or name.startswith("log_spec_"):
+        return "margin"
+    if name.startswith(("hessian_trace", "lambda_max", "batch_sharpness")):
+        return "curvature"
+    if name in ("grad_norm_sq", "igr_gd", "igr_sgd_var", "grad_var", "grad_var_est",
+                "minibatch_grad_norm_sq"):
+        return "implicit reg."
+    if name == "steps_to_loss":
+        return "optimization"
+    return "norm"
+
+
+def rankable(df: pd.DataFrame, measure_names: Sequence[str]) -> list[str]:
+    """Measures to rank: those with ≥ 2 distinct values over the runs (``num_params`` needs
+    widths to vary), minus per-layer norms and monotone duplicates (``NOT_RANKED``)."""
+    out = []
+    for k in measure_names:
+        if k in NOT_RANKED or k.startswith(LAYER_PREFIXES) or k not in df:
+            continue
+        v = pd.to_numeric(df[k], errors="coerce").dropna()
+        if len(v) >= 2 and v.nunique() > 1:
+            out.append(k)
+    return out
+
+
+def hyperparams(rows: Sequence[dict], target: float | None) -> list[str]:
+    """Config fields that vary across ``rows`` (not the seed or probe settings; not ``steps``
+    when every run stopped at L*, where the budget is not a property of the trained model)."""
+    skip = set(NOT_HYPERPARAMS) | ({"steps"} if target is not None else set())
+    keys = [k for k in rows[0]["config"] if k not in skip]
+    return [k for k in keys if len({json.dumps(r["config"].get(k)) for r in rows}) > 1]
+
+
+def frame(rows: Sequence[dict], hps: Sequence[str]) -> pd.DataFrame:
+    """One row per run: ``run_id``, hyper-parameters, ``seed``, final metrics and measures."""
+    recs = []
+    for r in rows:
+        rec = {"run_id": r["run_id"], **{h: r["config"].get(h) for h in (*hps, "seed")},
+               **{k: r.get(k) for k in FINAL_METRICS}}
+        clash = set(rec) & set(r["measures"])
+        if clash:
+            raise StudyError(f"measure name(s) {', '.join(sorted(clash))} clash with run fields")
+        recs.append({**rec, **r["measures"]})
+    return pd.DataFrame.from_records(recs)
+
+
+def _sign_table(v: np.ndarray) -> np.ndarray:
+    return np.sign(v[:, None] - v[None, :])
+
+
+def psi_bootstrap(df: pd.DataFrame, measure: str, gap: str, hps: Sequence[str],
+                  group_by: Sequence[str], idx: np.ndarray) -> np.ndarray:
+    """Ψ over ``hps`` (groups: runs equal in the other hyper-parameters and ``group_by``) for
+    every resample of runs ``idx[i]``, without building the resampled tables.
+
+    A resample gives each run a count c_r. Within a group G, τ_G is the mean of
+    sign(μ_r−μ_s)·sign(g_r−g_s) over the pairs of resampled runs that are not copies of one run:
+    τ_G = cᵀSc/(m² − Σc²), m = Σ_G c over runs with a measure and gap. Copies are left out
+    rather than counted as ties: with the few runs per group of a grid (two, for two values
+    and nothing else varying), ties would pull every resampled τ_G toward 0 (a group sampled
+    as (2, 1) would give ⅔τ) and the CI would miss Ψ. With every c_r = 1 this is
+    ``granulated_psi``. A group is used when its resampled runs show ≥ 2 values of the
+    hyper-parameter and ≥ 2 distinct runs have a measure and gap.
+    """
+    n = len(df)
+    counts = np.zeros((len(idx), n))
+    np.add.at(counts, (np.repeat(np.arange(len(idx)), n), np.asarray(idx).reshape(-1)), 1.0)
+    m = pd.to_numeric(df[measure], errors="coerce").to_numpy(float)
+    g = pd.to_numeric(df[gap], errors="coerce").to_numpy(float)
+    ok = ~(np.isnan(m) | np.isnan(g))
+    s = np.where(ok[:, None] & ok[None, :],
+                 _sign_table(np.nan_to_num(m)) * _sign_table(np.nan_to_num(g)), 0.0)
+    valid_counts = counts * ok
+    psi = np.full((len(idx), len(hps)), np.nan)
+    keys = [*hps, *group_by]
+    for j, hp in enumerate(hps):
+        others = [k for k in keys if k != hp]
+        groups = (df.groupby(others, dropna=False, sort=False).indices.values() if others
+                  else [np.arange(n)])
+        codes = pd.factorize(df[hp].astype(str), use_na_sentinel=False)[0]
+        total, used = np.zeros(len(idx)), np.zeros(len(idx))
+        for members in groups:
+            c, cv = counts[:, members], valid_counts[:, members]
+            values = np.stack([c[:, codes[members] == u].sum(1) > 0
+                               for u in np.unique(codes[members])], 1).sum(1)
+            pairs = cv.sum(1) ** 2 - (cv**2).sum(1)  # ordered pairs of distinct runs
+            num = np.einsum("rg,gh,rh->r", cv, s[np.ix_(members, members)], cv)
+            use = (values >= 2) & (pairs > 0)
+            total += np.where(use, num / np.maximum(pairs, 1), 0.0)
+            used += use
+        psi[:, j] = np.where(used > 0, total / np.maximum(used, 1), np.nan)
+    valid = ~np.isnan(psi)
+    return np.where(valid.any(1), np.nansum(psi, 1) / np.maximum(valid.sum(1), 1), np.nan)
+
+
+def _ci(stats: np.ndarray, level: float) -> list[float]:
+    stats = stats[~np.isnan(stats)]
+    if stats.size == 0:
+        return [math.nan, math.nan]
+    tail = 50.0 * (1.0 - level)
+    return [float(v) for v in np.percentile(stats, [tail, 100.0 - tail])]
+
+
+def rank(df: pd.DataFrame, measures: Sequence[str], gap: str, hps: Sequence[str], *,
+         num_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> list[dict]:
+    """``rank_measures`` rows (τ, CI, counts; sorted by |τ|) with Ψ, ``psi_ci`` and ψ_i over
+    ``hps``, the seed defining the groups; plus the measure's ``family``."""
+    if not 0.0 < level < 1.0:
+        raise StudyError(f"--level must lie in (0, 1), got {level:g}")
+    if num_resamples < 0:
+        raise StudyError(f"--resamples must be ≥ 0, got {num_resamples}")
+    rows = rank_measures(df, measures, gap, None, num_resamples, level, seed)
+    group_by = ["seed"] if df["seed"].nunique(dropna=False) > 1 else []
+    idx = _resample_indices(len(df), num_resamples, seed)  # the resamples of rank_measures
+    for row in rows:
+        row["family"] = family(row["measure"])
+        if not hps:
+            row |= {"psi": math.nan, "psi_ci": [math.nan, math.nan], "psi_per_hp": {}}
+            continue
+        per = granulated_psi(df, row["measure"], gap, [*hps, *group_by])[1]
+        per = {h: per[h] for h in hps}
+        finite = [v for v in per.values() if not math.isnan(v)]
+        row["psi"] = float(np.mean(finite)) if finite else math.nan
+        row["psi_per_hp"] = per
+        boot = psi_bootstrap(df, row["measure"], gap, hps, group_by, idx) if len(idx) else \
+            np.zeros(0)
+        row["psi_ci"] = _ci(boot, level)
+    return rows
+
+
+def correlate(run_dir: str | Path, *, gap: str = DEFAULT_GAP, target_loss: float | None = None,
+              recompute: bool = False, measures: Sequence[str] | None = None,
+              num_resamples: int = 1000, level: float = 0.95, seed: int = 0,
+              progress: Progress | None = None, **options) -> dict:
+    """The whole study on ``run_dir`` (module docstring); writes measures.json and
+    correlation.json there and returns the latter: ``gap``, ``target_loss``, ``hyperparams``,
+    ``num_runs``, ``num_kept``, ``discarded`` (run, reason), ``train_loss_range`` of the kept
+    runs, ``ranking`` (``rank`` rows) and the bootstrap settings."""
+    if gap not in GAPS:
+        raise StudyError(f"--gap must be one of {', '.join(GAPS)}, got {gap!r}")
+    run_dir = Path(run_dir)
+    start = time.perf_counter()
+    table = measure_table(run_dir, target_loss=target_loss, recompute=recompute, gap=gap,
+                          progress=progress, **options)
+    kept = [r for r in table["runs"] if r["discarded"] is None]
+    discarded = [{"run_id": r["run_id"], "reason": r["discarded"]}
+                 for r in table["runs"] if r["discarded"] is not None]
+    _check_usable(table["runs"], table["target_loss"], gap)
+    hps = hyperparams(kept, table["target_loss"])
+    df = frame(kept, hps)
+    names = list(measures) if measures else rankable(df, list(dict.fromkeys(
+        k for r in kept for k in r["measures"])))
+    unknown = [k for k in names if k not in df]
+    if unknown:
+        raise StudyError(f"unknown measure(s) {', '.join(unknown)}")
+    _say(progress, f"ranking {len(names)} measures over {len(kept)} runs "
+                   f"({num_resamples} resamples)")
+    ranking = rank(df, names, gap, hps, num_resamples=num_resamples, level=level, seed=seed)
+    losses = pd.to_numeric(df["train_loss"], errors="coerce")
+    doc = {"schema": CORRELATION_SCHEMA, "gap": gap, "target_loss": table["target_loss"],
+           "hyperparams": hps, "hyperparam_values": {h: sorted(map(str, df[h].unique()))
+                                                     for h in hps},
+           "seeds": sorted(df["seed"].unique().tolist()), "num_runs": len(table["runs"]),
+           "num_kept": len(kept), "discarded": discarded,
+           "train_loss_range": [float(losses.min()), float(losses.max())],
+           "gap_range": [float(pd.to_numeric(df[gap]).min()), float(pd.to_numeric(df[gap]).max())],
+           "num_resamples": num_resamples, "level": level, "seed": seed,
+           "options": table["options"], "wall_time_s": time.perf_counter() - start,
+           "ranking": ranking}
+    atomic_write_json(run_dir / CORRELATION_FILE, doc)
+    return doc
+
+
+def table(doc: dict, top: int | None = None) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows) of the ranking for a terminal table: τ and Ψ with their CIs, ψ_i."""
+    hps = doc["hyperparams"]
+    cols = ["measure", f"τ [{100 * doc['level']:g}% CI]", "Ψ [CI]", *(f"ψ {h}" for h in hps),
+            "runs"]
+    rows = []
+    for r in doc["ranking"][:top]:
+        rows.append([r["measure"], _with_ci(r["tau"], r["tau_ci"]), _with_ci(r["psi"], r["psi_ci"]),
+                     *(_fmt(r["psi_per_hp"].get(h)) for h in hps), r["n_runs"]])
+    return cols, rows
+
+
+def _fmt(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def _with_ci(v, ci) -> str:
+    return f"{_fmt(v)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+# ---------------------------------------------------------------- training a grid to L*
+
+
+def train_grid(grid, out_dir: str | Path, *, progress: Progress | None = None) -> dict:
+    """Train every run of a sweep grid (``sweep.as_grid``: TOML path, mapping, ``Grid`` or list
+    of configs) one by one with ``training.train``, so each stops at its own ``stop_loss``, into
+    the sweep layout: ``traces/<run>.json``, ``models/<run>.eqx`` and a ``sweep.json`` index
+    with the fields ``sweep.summary_table`` reads. Run names and validation are the sweep's
+    (``sweep.plan_sweep``). A run whose trace (same config, finished) and model exist is kept,
+    so an interrupted grid resumes. Returns the index."""
+    from .checkpoint import save_model
+    from .sweep import INDEX_SCHEMA, plan_sweep
+    from .trace import TraceError, load_trace
+    from .training import train
+
+    plan = plan_sweep(grid)
+    out = Path(out_dir)
+    start = time.perf_counter()
+    entries: list[dict] = []
+    index: dict[str, Any] = {}
+    for r in plan.runs:
+        trace_path = out / "traces" / f"{r.run_id}.json"
+        model_path = out / "models" / f"{r.run_id}.eqx"
+        try:
+            doc = load_trace(trace_path) if model_path.is_file() else None
+        except TraceError:
+            doc = None
+        if doc is None or doc["config"] != to_json_value(r.cfg.to_dict()) or \
+                doc["status"] not in ("completed", "diverged", "failed"):
+            res = train(r.cfg, plan.datasets[r.data_key], trace_path=trace_path)
+            save_model(model_path, res.model, r.cfg, res.setup.dataset)
+            doc, note = res.trace, f"{res.trace['wall_time_s']:.1f} s"
+        else:
+            note = "kept"
+        entries.append({"index": r.index, "run_id": r.run_id, "grid_values": r.overrides,
+                        "trace": f"traces/{r.run_id}.json", "model": f"models/{r.run_id}.eqx",
+                        "config": r.cfg.to_dict(), "status": doc["status"],
+                        "status_detail": doc.get("status_detail"),
+                        "diverged_step": doc.get("diverged_step"), "reused": note == "kept",
+                        "summary": doc["summary"]})
+        loss = doc["summary"].get("train_loss")
+        _say(progress, f"run {r.index + 1}/{len(plan.runs)} {r.run_id}: {doc['status']} at step "
+                       f"{doc['summary'].get('final_step')}, train_loss "
+                       f"{math.nan if loss is None else loss:.4g} ({note})")
+        index = {"schema": INDEX_SCHEMA, "name": plan.grid.name, "status": "running",
+                 "trained_by": "sgdreg.generalization.train_grid (one run at a time, stop_loss)",
+                 "grid": plan.grid.to_dict(), "num_runs": len(plan.runs),
+                 "wall_time_s": time.perf_counter() - start, "runs": entries}
+        atomic_write_json(out / "sweep.json", index)
+    index["status"] = "completed"
+    atomic_write_json(out / "sweep.json", index)
+    return index
+
+
+# ---------------------------------------------------------------- figure
+
+
+def render_generalization(results_dir: str | Path, out_path: str | Path) -> list[Path]:
+    """Gallery renderer: the ranking in ``results_dir/correlation.json`` → PNG + SVG.
+
+    Left: τ of each measure with the gap (bar, bootstrap CI) and Ψ (◆), coloured by family.
+    Right: ψ_i per hyper-parameter.
+    """
+    path = Path(results_dir) / CORRELATION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CORRELATION_FILE} in {results_dir}; run `sgdreg correlate` "
+                                "or experiments/generalization_measures.py first")
+    return ranking_figure(json.loads(path.read_text()), out_path)
+
+
+def ranking_figure(doc: dict, out_path: str | Path) -> list[Path]:
+    from .plots import _setup, save
+
+    plt, sns = _setup()
+    rows = doc["ranking"]
+    hps = doc["hyperparams"]
+    names = [r["measure"] for r in rows]
+    val = lambda v: math.nan if v is None else float(v)  # noqa: E731 (JSON null → NaN)
+    tau = np.array([val(r["tau"]) for r in rows])
+    lo = np.array([val(r["tau_ci"][0]) for r in rows])
+    hi = np.array([val(r["tau_ci"][1]) for r in rows])
+    psi = np.array([val(r["psi"]) for r in rows])
+    colors = dict(zip(FAMILIES, sns.color_palette("tab10", len(FAMILIES))))
+    y = np.arange(len(rows))
+    height = 1.6 + 0.24 * len(rows)
+    widths = [3.2, 0.55 * len(hps) + 0.6] if hps else [1]
+    fig, axes = plt.subplots(1, len(widths), figsize=(5.2 + widths[-1] * 1.2 * bool(hps), height),
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    ax = axes[0, 0]
+    ax.barh(y, tau, color=[colors[r["family"]] for r in rows], alpha=0.85)
+    ok = ~(np.isnan(lo) | np.isnan(hi))
+    ax.errorbar(tau[ok], y[ok], xerr=np.abs(np.vstack([tau[ok] - lo[ok], hi[ok] - tau[ok]])),
+                fmt="none", ecolor="0.2", elinewidth=0.8, capsize=2)
+    ax.scatter(psi, y, marker="D", s=18, color="black", zorder=3, label="granulated Ψ")
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set(yticks=y, yticklabels=names, xlim=(-1.05, 1.05), ylim=(len(rows) - 0.5, -0.5),
+           xlabel=f"Kendall τ with {doc['gap']} ({100 * doc['level']:g}% bootstrap CI)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[f]) for f in FAMILIES
+               if any(r["family"] == f for r in rows)]
+    labels = [f for f in FAMILIES if any(r["family"] == f for r in rows)]
+    handles.append(plt.Line2D([], [], marker="D", color="black", ls="none", markersize=4))
+    labels.append("Ψ")
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=7,
+               bbox_to_anchor=(0.5, 0.0), frameon=False)
+    if hps:
+        grid = np.array([[val(r["psi_per_hp"].get(h)) for h in hps] for r in rows])
+        sns.heatmap(grid, ax=axes[0, 1], cmap="vlag", vmin=-1, vmax=1, center=0, annot=True,
+                    fmt=".2f", annot_kws={"fontsize": 6}, cbar=False,
+                    xticklabels=hps, yticklabels=False)
+        axes[0, 1].set(title="ψ per hyper-parameter", ylim=(len(rows), 0))
+        axes[0, 1].tick_params(axis="x", rotation=45 if len(hps) > 2 else 0)
+    target = doc.get("target_loss")
+    fig.suptitle(f"Measures vs generalization gap: {doc['num_kept']} of {doc['num_runs']} runs"
+                 + (f" at train loss ≤ {target:g}" if target else ""), fontsize=10)
+    fig.tight_layout()
+    return save(fig, out_path)
