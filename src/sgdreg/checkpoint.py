@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,30 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import RunConfig
-from .trace import to_json_value
+from .trace import atomic_write_bytes, to_json_value
 
 SCHEMA = "sgdreg.checkpoint/1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read; the message names the file and the problem."""
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temp file in the same directory, fsync, rename (readers see old or new)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def is_key(x) -> bool:

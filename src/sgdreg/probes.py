@@ -207,14 +207,11 @@ class CurvatureProbe:
 def measure_curvature(model, cfg, dataset, *, seed: int = 0, **probe_options) -> dict[str, Any]:
     """All curvature probes once, on a trained ``model`` (e.g. a loaded checkpoint), with the
     Hessian definition; ``probe_options`` override ``CurvatureProbe.from_config(cfg)``."""
-    from types import SimpleNamespace
-
-    from .training import build
+    from .training import ProbeCtx, build
 
     s = build(cfg, dataset, model)
     probe = CurvatureProbe.from_config(cfg.replace(hessian_every=1))
     for k, v in probe_options.items():
         setattr(probe, k, v)
-    ctx = SimpleNamespace(problem=s.problem, data=s.data, lr=cfg.lr, step=0,
-                          key=jax.random.key(seed), memory={})
+    ctx = ProbeCtx(s.problem, s.data, cfg.lr, 0, jax.random.key(seed), {})
     return {"definition": probe.describe(), **probe(s.params0, ctx)}
