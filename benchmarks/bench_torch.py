@@ -94,9 +94,9 @@ def main() -> int:
         print("SKIP bench_torch: PyTorch is not installed (pip install torch, CPU wheel); it is "
               "not a dependency of sgdreg")
         return 0
-    from sgdreg.datasets import load_dataset
+    from sgdreg.datasets import open_dataset
 
-    ds = load_dataset("digits")
+    ds = open_dataset("digits")
     import torch
 
     t_sg, loss_sg = sgdreg_timing(ds)

@@ -42,9 +42,9 @@ def _finish(dest: Path, name: str, render, config: dict, results: dict, wall: fl
 
 
 def _dataset(dataset, data_dir, preprocess, n_train, n_test, seed=0):
-    from sgdreg.datasets import load_dataset
+    from sgdreg.datasets import open_dataset
 
-    return load_dataset(dataset, data_dir=data_dir, preprocess=preprocess, n_train=n_train,
+    return open_dataset(dataset, data_dir=data_dir, preprocess=preprocess, n_train=n_train,
                         n_test=n_test, seed=seed)
 
 

@@ -11,7 +11,7 @@ Sample-wise: N = 300 fixed, n from 30 to all 1438 training examples (n = N inclu
 
 from pathlib import Path
 
-from sgdreg.datasets import load_dataset
+from sgdreg.datasets import open_dataset
 from sgdreg.double_descent import feature_grid
 from sgdreg.experiment_figures import render_double_descent
 from sgdreg.experiments import rff_model_wise, rff_sample_wise, save_results, timed
@@ -23,9 +23,9 @@ N_TRAIN, N_FIXED, SEEDS = 500, 300, (0, 1, 2, 3, 4)
 
 def main():
     data = ROOT / "figures" / "data" / NAME
-    digits = load_dataset("digits", preprocess="unit")
+    digits = open_dataset("digits", preprocess="unit")
     grid = feature_grid(N_TRAIN, num=25)
-    res, wall = timed(rff_model_wise, load_dataset("digits", preprocess="unit", n_train=N_TRAIN),
+    res, wall = timed(rff_model_wise, open_dataset("digits", preprocess="unit", n_train=N_TRAIN),
                       grid, SEEDS)
     save_results(data, "double_descent_rff", {"dataset": "digits", "preprocess": "unit",
                  "n_train": N_TRAIN, "features": grid, "seeds": SEEDS}, res, wall)

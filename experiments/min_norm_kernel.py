@@ -11,7 +11,7 @@ interpolant of the 4000 mnist5k digits with pixels in [0,1].
 
 from pathlib import Path
 
-from sgdreg.datasets import load_dataset
+from sgdreg.datasets import open_dataset
 from sgdreg.experiment_figures import render_kernel
 from sgdreg.experiments import min_norm_kernel, save_results, timed
 from sgdreg.kernels import kernel_interpolate
@@ -23,11 +23,11 @@ CONFIG = {"dataset": "digits", "kernel": "rbf", "bandwidth": None, "gd_n": 30, "
 
 
 def run() -> dict:
-    ds, raw = load_dataset("digits"), load_dataset("digits", preprocess="none")
+    ds, raw = open_dataset("digits"), open_dataset("digits", preprocess="none")
     res = min_norm_kernel(ds, "rbf", None, CONFIG["gd_n"], CONFIG["gd_steps"], raw, progress=print)
     res["other_interpolations"] = [
         {"dataset": "mnist5k (pixels in [0,1])",
-         **kernel_interpolate(load_dataset("mnist5k", preprocess="unit"), "rbf").as_dict()}]
+         **kernel_interpolate(open_dataset("mnist5k", preprocess="unit"), "rbf").as_dict()}]
     return res
 
 

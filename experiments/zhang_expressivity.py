@@ -11,7 +11,7 @@ same points and labels (Adam, lr 0.01, full batch, 3000 steps) for comparison.
 from pathlib import Path
 
 from sgdreg.config import RunConfig
-from sgdreg.datasets import load_dataset
+from sgdreg.datasets import open_dataset
 from sgdreg.experiment_figures import render_expressivity
 from sgdreg.experiments import expressivity_test, save_results, timed
 
@@ -24,7 +24,7 @@ CONFIG = RunConfig(dataset="digits", optimizer="adam", lr=0.01, steps=3000, batc
 
 def main():
     data = ROOT / "figures" / "data" / NAME
-    ds = load_dataset("digits")
+    ds = open_dataset("digits")
     res, wall = timed(expressivity_test, ds, N, CONFIG, MULTIPLES, seed=SEED, progress=print)
     save_results(data, "expressivity", {**CONFIG.to_dict(), "n": N, "multiples": MULTIPLES,
                  "seed": SEED}, res, wall)

@@ -15,7 +15,7 @@ from sgdreg.datasets import (
     DATASETS,
     MNIST_FILES,
     DataError,
-    load_dataset,
+    open_dataset,
     read_idx,
 )
 from sgdreg.randomization import RANDOMIZATIONS, randomize
@@ -23,7 +23,7 @@ from sgdreg.randomization import RANDOMIZATIONS, randomize
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_dataset("digits")
+    return open_dataset("digits")
 
 
 # ---------------------------------------------------------------- built-in sources
@@ -35,7 +35,7 @@ def test_digits_shapes_split_and_determinism(digits):
     d = load_digits()  # the split is data.split(..., 0.2, seed=0) of sklearn's digits
     y_test = split(d.images, d.target, 0.2, seed=0)[3]
     np.testing.assert_array_equal(digits.y_test, y_test)
-    again = load_dataset("digits", seed=123)  # real-data splits ignore seed
+    again = open_dataset("digits", seed=123)  # real-data splits ignore seed
     np.testing.assert_array_equal(again.x_train, digits.x_train)
     np.testing.assert_array_equal(again.y_test, digits.y_test)
     assert digits.meta["original_n_train"] == 1438 and digits.meta["preprocess"] == "standardize"
@@ -51,23 +51,23 @@ def test_standardised_train_features(digits):
 
 
 def test_unit_preprocess_and_subsample():
-    ds = load_dataset("digits", preprocess="unit", n_train=100, n_test=20, dtype=np.float64)
+    ds = open_dataset("digits", preprocess="unit", n_train=100, n_test=20, dtype=np.float64)
     assert ds.x_train.min() >= 0 and ds.x_train.max() <= 1 and ds.x_train.max() > 0.99
     assert (ds.n_train, ds.n_test) == (100, 20) and ds.x_train.dtype == np.float64
-    full = load_dataset("digits", preprocess="unit", dtype=np.float64)
+    full = open_dataset("digits", preprocess="unit", dtype=np.float64)
     np.testing.assert_array_equal(ds.x_train, full.x_train[:100])
 
 
 def test_mnist1d_offline():
     state = np.random.get_state()[1].copy()
-    ds = load_dataset("mnist1d")  # the first load in this process generates the data
+    ds = open_dataset("mnist1d")  # the first load in this process generates the data
     np.testing.assert_array_equal(np.random.get_state()[1], state)  # global RNG untouched
     assert (ds.n_train, ds.n_test, ds.input_shape, ds.num_classes) == (4000, 1000, (40,), 10)
     assert set(np.unique(ds.y_train)) == set(range(10))
 
 
 def test_mnist5k_offline():
-    ds = load_dataset("mnist5k", preprocess="unit")
+    ds = open_dataset("mnist5k", preprocess="unit")
     assert (ds.n_train, ds.n_test, ds.input_shape) == (4000, 1000, (1, 28, 28))
     assert ds.x_train.min() == 0 and ds.x_train.max() == 1  # raw pixels were 0..255
     counts = np.bincount(ds.y_test, minlength=10)
@@ -76,11 +76,11 @@ def test_mnist5k_offline():
 
 def test_unknown_dataset_and_bad_options():
     with pytest.raises(DataError, match="digits"):
-        load_dataset("imagenet")
+        open_dataset("imagenet")
     with pytest.raises(DataError, match="standardize"):
-        load_dataset("digits", preprocess="whiten")
+        open_dataset("digits", preprocess="whiten")
     with pytest.raises(DataError, match="n-train"):
-        load_dataset("digits", n_train=10**6)
+        open_dataset("digits", n_train=10**6)
     assert set(DATASETS) >= {"digits", "mnist1d", "mnist5k", "gmm", "teacher", "linreg",
                              "mnist", "cifar10"}
 
@@ -89,18 +89,18 @@ def test_unknown_dataset_and_bad_options():
 
 @pytest.mark.parametrize("name", ["gmm", "teacher", "linreg"])
 def test_synthetic_deterministic_per_seed(name):
-    a, b, c = (load_dataset(name, seed=s) for s in (0, 0, 1))
+    a, b, c = (open_dataset(name, seed=s) for s in (0, 0, 1))
     for field in ("x_train", "y_train", "x_test", "y_test"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     assert not np.array_equal(a.x_train, c.x_train)
     assert a.meta["seed"] == 0 and a.meta["preprocess"] == "none"
-    small = load_dataset(name, seed=0, n_train=7, n_test=5)  # nested draws
+    small = open_dataset(name, seed=0, n_train=7, n_test=5)  # nested draws
     np.testing.assert_array_equal(small.x_train, a.x_train[:7])
     np.testing.assert_array_equal(small.y_test, a.y_test[:5])
 
 
 def test_gmm_classes_and_bayes_error():
-    ds = load_dataset("gmm", dtype=np.float64)
+    ds = open_dataset("gmm", dtype=np.float64)
     assert (ds.n_train, ds.n_test, ds.input_shape, ds.num_classes) == (1000, 500, (20,), 4)
     means = np.stack([ds.x_train[ds.y_train == k].mean(0) for k in range(4)])
     pred = np.argmin(((ds.x_test[:, None] - means[None]) ** 2).sum(-1), axis=1)
@@ -108,10 +108,10 @@ def test_gmm_classes_and_bayes_error():
 
 
 def test_teacher_and_linreg_regression():
-    t = load_dataset("teacher")
+    t = open_dataset("teacher")
     assert t.num_classes == 0 and t.y_train.shape == (500, 1) and t.out_size == 1
     assert t.y_train.dtype == np.float32 and 0.05 < t.y_train.std() < 2
-    lr = load_dataset("linreg", dtype=np.float64)
+    lr = open_dataset("linreg", dtype=np.float64)
     assert lr.input_shape[0] > lr.n_train and lr.y_train.shape == (50, 1)
     # y = X w* + noise: least squares on the 200 test points (n > d) recovers w* nearly exactly
     w = np.linalg.lstsq(lr.x_test, lr.y_test, rcond=None)[0]
@@ -141,7 +141,7 @@ def _tiny_mnist(folder, rng, gz):
 @pytest.mark.parametrize("gz", [True, False])
 def test_mnist_idx_round_trip(tmp_path, gz):
     x_tr, y_tr, x_te, y_te = _tiny_mnist(tmp_path, np.random.default_rng(0), gz)
-    ds = load_dataset("mnist", data_dir=tmp_path, preprocess="none", dtype=np.float64)
+    ds = open_dataset("mnist", data_dir=tmp_path, preprocess="none", dtype=np.float64)
     assert ds.input_shape == (1, 28, 28) and (ds.n_train, ds.n_test) == (7, 3)
     np.testing.assert_array_equal(ds.x_train[:, 0], x_tr)
     np.testing.assert_array_equal(ds.x_test[:, 0], x_te)
@@ -166,12 +166,12 @@ def test_read_idx_big_endian_and_corrupt(tmp_path):
 def test_mnist_missing_dir_and_files(tmp_path):
     for data_dir in (None, tmp_path / "nope"):
         with pytest.raises(DataError, match="train-images-idx3-ubyte") as e:
-            load_dataset("mnist", data_dir=data_dir)
+            open_dataset("mnist", data_dir=data_dir)
         assert "\n" not in str(e.value)
     _tiny_mnist(tmp_path, np.random.default_rng(0), gz=True)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match=r"missing in .*: t10k-labels-idx1-ubyte\[\.gz\]$"):
-        load_dataset("mnist", data_dir=tmp_path)
+        open_dataset("mnist", data_dir=tmp_path)
 
 
 # ---------------------------------------------------------------- CIFAR-10
@@ -198,7 +198,7 @@ def test_cifar10_round_trip(tmp_path, version):
             if version == "py2":
                 raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
             (folder / name_py).write_bytes(raw)
-    ds = load_dataset("cifar10", data_dir=tmp_path, preprocess="none", dtype=np.float64)
+    ds = open_dataset("cifar10", data_dir=tmp_path, preprocess="none", dtype=np.float64)
     assert ds.input_shape == (3, 32, 32) and (ds.n_train, ds.n_test) == (20, 4)
     np.testing.assert_array_equal(ds.x_train, xs[:5].reshape(20, 3, 32, 32))
     np.testing.assert_array_equal(ds.y_train, ys[:5].reshape(-1))
@@ -209,13 +209,13 @@ def test_cifar10_round_trip(tmp_path, version):
 
 def test_cifar10_missing_and_corrupt(tmp_path):
     with pytest.raises(DataError, match="data_batch_1.bin.*test_batch.bin.*data_batch_1"):
-        load_dataset("cifar10", data_dir=tmp_path)
+        open_dataset("cifar10", data_dir=tmp_path)
     with pytest.raises(DataError, match="no --data-dir"):
-        load_dataset("cifar10")
+        open_dataset("cifar10")
     for name in CIFAR_BIN:
         (tmp_path / name).write_bytes(bytes(3073 + 1))
     with pytest.raises(DataError, match="3073-byte"):
-        load_dataset("cifar10", data_dir=tmp_path)
+        open_dataset("cifar10", data_dir=tmp_path)
 
 
 def test_cifar10_python_pickle_cannot_run_code(tmp_path):
@@ -226,7 +226,7 @@ def test_cifar10_python_pickle_cannot_run_code(tmp_path):
     for name in CIFAR_PY:
         (tmp_path / name).write_bytes(pickle.dumps({b"data": Evil(), b"labels": [0]}))
     with pytest.raises(DataError, match="refusing"):
-        load_dataset("cifar10", data_dir=tmp_path)
+        open_dataset("cifar10", data_dir=tmp_path)
 
 
 # ---------------------------------------------------------------- randomization (Zhang et al.)
@@ -295,7 +295,7 @@ def test_random_pixels_keeps_each_images_values(digits):
 
 
 def test_gaussian_inputs_match_moments():
-    raw = load_dataset("digits", preprocess="none", dtype=np.float64)  # pixel moments vary a lot
+    raw = open_dataset("digits", preprocess="none", dtype=np.float64)  # pixel moments vary a lot
     r = randomize(raw, "gaussian", seed=0)
     assert r.x_train.shape == raw.x_train.shape and r.x_train.dtype == raw.x_train.dtype
     mu, var, n = raw.x_train.mean(0), raw.x_train.var(0), raw.n_train
@@ -313,5 +313,5 @@ def test_randomize_errors(digits):
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         randomize(digits, "label-corruption", p=1.5)
     with pytest.raises(ValueError, match="regression"):
-        randomize(load_dataset("linreg"), "random-labels")
-    assert randomize(load_dataset("linreg"), "gaussian").meta["randomization"]["p"] is None
+        randomize(open_dataset("linreg"), "random-labels")
+    assert randomize(open_dataset("linreg"), "gaussian").meta["randomization"]["p"] is None

@@ -187,9 +187,9 @@ def test_double_descent_width_and_epoch_cli(tmp_path):
 
 
 def _unit_digits(n):
-    from sgdreg.datasets import load_dataset
+    from sgdreg.datasets import open_dataset
 
-    return load_dataset("digits", preprocess="unit", n_train=n)
+    return open_dataset("digits", preprocess="unit", n_train=n)
 
 
 # --- CLI contract: bad values exit 2 and write nothing ------------------------------------------

