@@ -25,6 +25,13 @@ SeedOpt = Annotated[int, Opt("--seed", help="Seeds θ0, data order and probes.")
 LogOpt = Annotated[int, Opt("--log-every", help="Log metrics every k steps (one compiled chunk).")]
 OutOpt = Annotated[Path | None, Opt("--out", help="Output directory (default sgdreg-runs/<cmd>-<time>).")]
 JsonOpt = Annotated[bool, Opt("--json", help="Print a machine-readable summary on stdout.")]
+WidthOpt = Annotated[int, Opt("--width", help="Hidden units (CNN: channels).")]
+DepthOpt = Annotated[int, Opt("--depth", help="Hidden layers.")]
+ActivationOpt = Annotated[str, Opt("--activation", help="relu, tanh, gelu, softplus, ...")]
+MomentumOpt = Annotated[float, Opt("--momentum", help="β for momentum/nesterov, b1 for adam.")]
+DataDirOpt = Annotated[str | None, Opt("--data-dir", help="Folder with MNIST/CIFAR-10 files.")]
+NTrainOpt = Annotated[int | None, Opt("--n-train", help="Use the first n training examples.")]
+DtypeOpt = Annotated[str, Opt("--dtype", help="float32 or float64.")]
 HessEveryOpt = Annotated[int, Opt("--hessian-every", help="Curvature probes every k steps "
                                   "(0 = off; a multiple of --log-every).")]
 ProbesOpt = Annotated[int, Opt("--probes", help="Hutchinson probes K for tr H ± stderr.")]
@@ -123,17 +130,14 @@ def compare(
     dataset: DatasetOpt = "digits",
     model: ModelOpt = "mlp",
     loss: LossOpt = "ce",
-    width: Annotated[int, Opt("--width")] = 128,
-    depth: Annotated[int, Opt("--depth", help="Hidden layers.")] = 1,
-    activation: Annotated[str, Opt("--activation")] = "relu",
-    momentum: Annotated[float, Opt("--momentum", help="β for momentum/nesterov, b1 for adam.")]
-    = 0.9,
+    width: WidthOpt = 128,
+    depth: DepthOpt = 1,
+    activation: ActivationOpt = "relu",
+    momentum: MomentumOpt = 0.9,
     log_every: LogOpt = 10,
-    data_dir: Annotated[str | None, Opt("--data-dir", help="Folder with MNIST/CIFAR-10 files.")]
-    = None,
-    n_train: Annotated[int | None, Opt("--n-train", help="Use the first n training examples.")]
-    = None,
-    dtype: Annotated[str, Opt("--dtype", help="float32 or float64.")] = "float32",
+    data_dir: DataDirOpt = None,
+    n_train: NTrainOpt = None,
+    dtype: DtypeOpt = "float32",
     hessian_every: HessEveryOpt = 0,
     probes: ProbesOpt = 20,
     lanczos_steps: LanczosOpt = 20,
@@ -186,10 +190,10 @@ def train(
     dataset: DatasetOpt = "digits",
     model: ModelOpt = "mlp",
     loss: LossOpt = "ce",
-    width: Annotated[int, Opt("--width")] = 128,
-    depth: Annotated[int, Opt("--depth")] = 1,
-    activation: Annotated[str, Opt("--activation")] = "relu",
-    momentum: Annotated[float, Opt("--momentum")] = 0.9,
+    width: WidthOpt = 128,
+    depth: DepthOpt = 1,
+    activation: ActivationOpt = "relu",
+    momentum: MomentumOpt = 0.9,
     egr: Annotated[float, Opt("--egr", help="Explicit gradient regularization μ: train on "
                                    "L + μ‖∇L‖² (μ = h/4 mimics GD's implicit term).")] = 0.0,
     randomization: Annotated[str, Opt("--randomization", help="none, label-corruption, "
@@ -197,9 +201,9 @@ def train(
     = "none",
     corruption: Annotated[float, Opt("--corruption", help="Label-corruption probability p.")] = 0.0,
     log_every: LogOpt = 10,
-    data_dir: Annotated[str | None, Opt("--data-dir")] = None,
-    n_train: Annotated[int | None, Opt("--n-train")] = None,
-    dtype: Annotated[str, Opt("--dtype")] = "float32",
+    data_dir: DataDirOpt = None,
+    n_train: NTrainOpt = None,
+    dtype: DtypeOpt = "float32",
     hessian_every: HessEveryOpt = 0,
     probes: ProbesOpt = 20,
     lanczos_steps: LanczosOpt = 20,
