@@ -167,7 +167,7 @@ def compare(
                         top_k=top_k, hessian_n=hessian_n, slq=slq)
     dest = out_dir(out, "compare")
     ds, results = run_grid(cfgs, epochs, dest, "compare")
-    from sgdreg.plots import compare_figure
+    from sgdreg.plotting.compare import compare_figure
     from sgdreg.trace import atomic_write_json
 
     fig = compare_figure([r.trace for r in results], dest / "compare.png")[0]
@@ -187,31 +187,31 @@ def train(
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = 32,
     seed: SeedOpt = 0,
-    dataset: DatasetOpt = "digits",
-    model: ModelOpt = "mlp",
-    loss: LossOpt = "ce",
-    width: WidthOpt = 128,
-    depth: DepthOpt = 1,
-    activation: ActivationOpt = "relu",
-    momentum: MomentumOpt = 0.9,
     egr: Annotated[float, Opt("--egr", help="Explicit gradient regularization μ: train on "
                                    "L + μ‖∇L‖² (μ = h/4 mimics GD's implicit term).")] = 0.0,
     randomization: Annotated[str, Opt("--randomization", help="none, label-corruption, "
                                       "random-labels, shuffled-pixels, random-pixels, gaussian, ...")]
     = "none",
     corruption: Annotated[float, Opt("--corruption", help="Label-corruption probability p.")] = 0.0,
+    momentum: MomentumOpt = 0.9,
+    dataset: DatasetOpt = "digits",
+    model: ModelOpt = "mlp",
+    loss: LossOpt = "ce",
+    width: WidthOpt = 128,
+    depth: DepthOpt = 1,
+    activation: ActivationOpt = "relu",
     log_every: LogOpt = 10,
     data_dir: DataDirOpt = None,
     n_train: NTrainOpt = None,
     dtype: DtypeOpt = "float32",
+    save_checkpoint: Annotated[bool, Opt("--save-checkpoint", help="Also save the final model "
+                                         "(<run>.eqx) for `sgdreg hessian`.")] = False,
     hessian_every: HessEveryOpt = 0,
     probes: ProbesOpt = 20,
     lanczos_steps: LanczosOpt = 20,
     top_k: TopKOpt = 3,
     hessian_n: HessNOpt = None,
     slq: SlqOpt = False,
-    save_checkpoint: Annotated[bool, Opt("--save-checkpoint", help="Also save the final model "
-                                         "(<run>.eqx) for `sgdreg hessian`.")] = False,
     out: OutOpt = None,
     json: JsonOpt = False,
 ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import typer
@@ -26,23 +27,33 @@ from .app import UsageProblem, app
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from sgdreg.config import ConfigError
-    from sgdreg.trace import TraceError
+    from sgdreg.errors import SgdregError
 
     # ValueError: the library's convention for bad input values (unknown names, ranges)
-    errs: list[type[BaseException]] = [UsageProblem, ConfigError, TraceError, ValueError,
-                                       FileNotFoundError]
-    try:
-        from sgdreg.datasets import DataError
+    return (UsageProblem, SgdregError, ValueError, FileNotFoundError)
 
-        errs.append(DataError)
-    except ImportError:
-        pass
-    return tuple(errs)
+
+def as_option(message: str) -> str:
+    """Library errors name arguments (``lr must be > 0``); show them as the CLI's options
+    (``--lr must be > 0``) when the leading name is a run option."""
+    import dataclasses
+
+    from sgdreg.config import RunConfig
+
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    m = re.match(r"([a-z][a-z0-9_]*)(?=:| must| exceeds| \d| \()", message)
+    if m and m.group(1) in names:
+        return "--" + m.group(1).replace("_", "-") + message[m.end():]
+    return message
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and exits with) 0 ok, 1 runtime failure, 2 bad usage/input."""
+    import jax
+
+    # The CLI owns its process: 64-bit mode on, so --dtype float64 works; the library passes
+    # explicit dtypes everywhere, so float32 runs stay float32 (sgdreg itself never flips it).
+    jax.config.update("jax_enable_x64", True)
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="sgdreg", standalone_mode=False)
@@ -63,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print("sgdreg: interrupted; traces so far are marked 'interrupted'", file=sys.stderr)
         code = 130
     except _user_errors() as e:
-        print(f"sgdreg: error: {e}", file=sys.stderr)
+        print(f"sgdreg: error: {as_option(str(e))}", file=sys.stderr)
         code = 2
     except Exception as e:  # runtime failure: one line unless SGDREG_DEBUG is set
         if os.environ.get("SGDREG_DEBUG"):

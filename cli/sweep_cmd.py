@@ -104,11 +104,11 @@ def _show_plan(sw, grid, devices, block, json):
         r0 = plan.runs[g.runs[0]]
         ds = plan.datasets[r0.data_key]
         b = block or min(sw.DEFAULT_BLOCK, len(g.runs))
-        mem = sw.estimate_memory(r0.cfg, (ds.n_train, *ds.input_shape), out_size=ds.out_size,
+        mem = sw.estimate_memory(r0.cfg, sw.dataset_shape(ds), out_size=ds.out_size,
                                  n_test=ds.n_test, runs=len(g.runs), block=b,
                                  shared_data=g.shared_data)
-        unit = b * n_dev
-        padded = -(-len(g.runs) // unit) * unit if g.kind == "vmap" else 1
+        unit = b * n_dev  # padded to whole blocks on every device
+        padded = -(-len(g.runs) // unit) * unit
         rows.append([g.id, len(g.runs), padded, r0.cfg.optimizer, r0.cfg.batch_size,
                      r0.cfg.width, "shared" if g.shared_data else "per run",
                      sw.format_bytes(mem["per_run"]), sw.format_bytes(mem["total"])])

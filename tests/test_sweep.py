@@ -1,11 +1,12 @@
 """Sweeps (issue 6): vmapped runs equal single runs, 1 vs 4 devices, divergence isolation,
-kill-and-resume, the CLI, checkpoints and the memory estimate.
+kill-and-resume, the CLI, checkpoints and the memory estimate; flows vmapped like the rest.
 
-Every sweep here shares one static structure (``BASE``, per-run data) and blocks of 16 runs, so
-on 4 devices every sweep pads to 64 runs and the in-process tests compile the sweep program
-twice (4 devices, 1 device).
+Every discrete sweep here shares one static structure (``BASE``, per-run data) and blocks of 16
+runs, so on 4 devices every sweep pads to 64 runs and the in-process tests compile the sweep
+program twice (4 devices, 1 device). The flow tests use ``FLOW_BASE`` (shared data) on 1 device.
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -100,6 +101,66 @@ def test_divergent_run_is_frozen_and_isolated(tmp_path):
     assert "non-finite" in div["status_detail"] and mixed.index["runs"][1]["status"] == "diverged"
     others = [mixed.traces[i]["metrics"] for i in (0, 2, 3)]
     assert others == metrics(clean)  # bit-identical with and without the diverging run
+    assert all(t["status"] == "completed" for t in clean.traces)
+
+
+FLOW_BASE = dict(dataset="digits", n_train=128, n_test=64, width=8, log_every=3, steps=6,
+                 dtype="float64")
+
+
+def test_flow_runs_in_a_sweep_give_the_trace_of_train_alone(tmp_path):
+    """Two flows with different h share one vmapped block (per optimizer) and each gives the
+    trace of ``training.train`` alone (measured: ≤ 2e-14 relative, same solver step counts)."""
+    cfgs = [RunConfig(**FLOW_BASE, optimizer=o, lr=h, seed=s)
+            for o in ("flow", "modified-flow") for h, s in ((0.25, 0), (0.5, 1))]
+    res = sweep.run_sweep(cfgs, tmp_path / "flows", devices=1, block=2)
+    assert [(g["kind"], g["size"], g["block"], g["shared_data"]) for g in res.index["groups"]] == [
+        ("vmap", 2, 2, True)] * 2
+    for tr in res.traces:
+        ref = training.train(RunConfig(**tr["config"])).trace
+        assert tr["status"] == ref["status"] == "completed"
+        assert tr["metrics"].keys() == ref["metrics"].keys()
+        assert tr["metrics"]["step"] == ref["metrics"]["step"] == [0, 3, 6]
+        assert tr["metrics"]["solver_steps"] == ref["metrics"]["solver_steps"]
+        assert tr["metrics"]["solver_steps"][0] == 0 and min(tr["metrics"]["solver_steps"][1:]) > 0
+        assert tr["metrics"]["t"] == ref["metrics"]["t"]
+        for k, v in ref["metrics"].items():
+            np.testing.assert_allclose(np.array(tr["metrics"][k], float), np.array(v, float),
+                                       rtol=1e-10, atol=1e-13, err_msg=k)
+
+
+def _flow_max_steps(monkeypatch, max_steps: int):
+    """Every flow that ``training.build`` resolves gets ``max_steps`` solver steps per chunk."""
+    resolve = dynamics.resolve
+
+    def patched(*args, **kwargs):
+        d = resolve(*args, **kwargs)
+        return dataclasses.replace(d, max_steps=max_steps) if d.is_flow else d
+
+    monkeypatch.setattr(dynamics, "resolve", patched)
+
+
+def test_failed_flow_is_frozen_and_isolated(tmp_path, monkeypatch):
+    """A flow whose solver runs out of steps (h = 1e4: t = 3e4 per chunk) is marked failed as
+    ``training.train`` marks it; the other flows of its vmapped block are bit-identical."""
+    _flow_max_steps(monkeypatch, 256)
+    cfg = RunConfig(**FLOW_BASE, optimizer="flow")
+    sane = [cfg.replace(seed=0, lr=0.25), cfg.replace(seed=1, lr=0.5)]
+    bad = cfg.replace(seed=2, lr=1e4)
+    mixed = sweep.run_sweep([sane[0], bad, sane[1]], tmp_path / "mixed", devices=1, block=4)
+    compiled = sweep.TRACE_COUNTS["sweep_chunk"]
+    clean = sweep.run_sweep(sane, tmp_path / "clean", devices=1, block=4)
+    assert sweep.TRACE_COUNTS["sweep_chunk"] == compiled
+    failed = mixed.traces[1]
+    ref = training.train(bad).trace
+    assert failed["status"] == ref["status"] == "failed"
+    assert failed["status_detail"] == ref["status_detail"] and "max steps" in ref["status_detail"]
+    assert mixed.index["runs"][1]["status"] == "failed"
+    assert failed["metrics"]["step"] == ref["metrics"]["step"] == [0]  # no row after the failure
+    for k, v in ref["metrics"].items():
+        np.testing.assert_allclose(np.array(failed["metrics"][k], float), np.array(v, float),
+                                   rtol=1e-10, atol=1e-13, err_msg=k)
+    assert [mixed.traces[i]["metrics"] for i in (0, 2)] == metrics(clean)  # bit for bit
     assert all(t["status"] == "completed" for t in clean.traces)
 
 
@@ -200,7 +261,7 @@ def test_grid_expansion_order_names_and_groups():
                             + [RunConfig(optimizer="sgd", batch_size=32, n_train=64),
                                RunConfig(optimizer="flow", n_train=64)])
     assert [(g.kind, len(g.runs), g.shared_data) for g in plan.groups] == [
-        ("vmap", 4, True), ("vmap", 1, True), ("sequential", 1, True)]
+        ("vmap", 4, True), ("vmap", 1, True), ("vmap", 1, True)]
     assert plan.runs[1].run_id == "r0001_sgd_lr0.2_b16_s0"  # the fields that vary
     with pytest.raises(ConfigError, match="both"):
         sweep.parse_grid({"base": {"lr": 0.1}, "grid": {"lr": [0.2]}})

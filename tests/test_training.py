@@ -8,7 +8,7 @@ import scipy.linalg
 from helpers import classification_dataset, regression_dataset
 from jax.flatten_util import ravel_pytree
 
-from sgdreg import training
+from sgdreg import engine, training
 from sgdreg.config import RunConfig
 from sgdreg.models import LinearModel, partition
 
@@ -79,10 +79,10 @@ def test_new_lr_does_not_recompile():
     ds = classification_dataset()
     cfg = RunConfig(optimizer="sgd", batch_size=16, steps=20, log_every=10, width=8)
     training.train(cfg.replace(lr=0.1), ds)
-    before = training.TRACE_COUNTS["discrete_chunk"]
+    before = engine.TRACE_COUNTS["advance"]
     training.train(cfg.replace(lr=0.03, momentum=0.5), ds)
     training.train(cfg.replace(lr=0.3, seed=3), ds)
-    assert training.TRACE_COUNTS["discrete_chunk"] == before
+    assert engine.TRACE_COUNTS["advance"] == before
 
 
 def test_same_seed_gives_identical_trace_and_optimizers_share_theta0():

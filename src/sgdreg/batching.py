@@ -63,7 +63,9 @@ def full_batch_mean(fn: ExampleFn, params, x, y, chunk_size: int = DEFAULT_CHUNK
         out = jax.vmap(fn, in_axes=(None, 0, 0))(params, xb, yb)
         return jax.tree.map(lambda a: jnp.tensordot(wb, a, axes=1), out)
 
-    shape = jax.eval_shape(fn, params, x[0], y[0])
+    # a lambda: JAX caches eval_shape on the callable, and hashing a bound method of a Module
+    # holding traced eqx.nn.State would compare tracers
+    shape = jax.eval_shape(lambda p, a, b: fn(p, a, b), params, x[0], y[0])
     init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
     return jax.tree.map(lambda s: s / n, _scan_sum(chunk_fn, init, x, y, chunk_size))
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "adam", "flow", "modified-flow")
-FULL_BATCH = ("gd", "flow", "modified-flow")
+from .dynamics import NAMED as OPTIMIZERS  # noqa: E402
+
+FULL_BATCH = ("gd", "flow", "modified-flow")  # the presets without minibatches
 FLOWS = ("flow", "modified-flow")
 DTYPES = ("float32", "float64")
 
 
-class ConfigError(ValueError):
-    """Bad user input; the message is one line naming the option and what is allowed."""
+from .errors import ConfigError  # noqa: E402,F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -81,37 +81,38 @@ class RunConfig:
 
 
 def validate(cfg: RunConfig, n_train: int | None = None) -> None:
-    """Raise ConfigError with one clear line for any value a run cannot use."""
+    """Raise ConfigError with one clear line (naming the RunConfig field) for any value a run
+    cannot use; the CLI shows the field as its option (``lr`` → ``--lr``)."""
     if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"--optimizers: unknown {cfg.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"optimizer: unknown {cfg.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
     if not cfg.lr > 0:
-        raise ConfigError(f"--lr must be > 0, got {cfg.lr}")
+        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
     if cfg.steps < 1:
-        raise ConfigError(f"--steps must be ≥ 1, got {cfg.steps}")
+        raise ConfigError(f"steps must be ≥ 1, got {cfg.steps}")
     if cfg.log_every < 1:
-        raise ConfigError(f"--log-every must be ≥ 1, got {cfg.log_every}")
+        raise ConfigError(f"log_every must be ≥ 1, got {cfg.log_every}")
     if cfg.batch_size < 1:
-        raise ConfigError(f"--batch-size must be ≥ 1, got {cfg.batch_size}")
+        raise ConfigError(f"batch_size must be ≥ 1, got {cfg.batch_size}")
     if n_train is not None and not cfg.full_batch and cfg.batch_size > n_train:
-        raise ConfigError(f"--batch-size {cfg.batch_size} exceeds the {n_train} training examples")
+        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {n_train} training examples")
     if not 0 <= cfg.momentum < 1:
-        raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+        raise ConfigError(f"momentum must be in [0, 1), got {cfg.momentum}")
     if cfg.stop_loss is not None and not cfg.stop_loss > 0:
-        raise ConfigError(f"--stop-loss must be > 0, got {cfg.stop_loss}")
+        raise ConfigError(f"stop_loss must be > 0, got {cfg.stop_loss}")
     if cfg.egr < 0:
-        raise ConfigError(f"--egr must be ≥ 0, got {cfg.egr}")
+        raise ConfigError(f"egr must be ≥ 0, got {cfg.egr}")
     if cfg.dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     if cfg.width < 1 or cfg.depth < 0:
-        raise ConfigError("--width must be ≥ 1 and --depth ≥ 0")
+        raise ConfigError("width must be ≥ 1 and depth ≥ 0")
     if not 0 <= cfg.corruption <= 1:
-        raise ConfigError(f"--corruption must be in [0, 1], got {cfg.corruption}")
+        raise ConfigError(f"corruption must be in [0, 1], got {cfg.corruption}")
     if cfg.hessian_every < 0 or (cfg.hessian_every and cfg.hessian_every % cfg.log_every):
-        raise ConfigError(f"--hessian-every must be 0 (off) or a multiple of --log-every "
+        raise ConfigError(f"hessian_every must be 0 (off) or a multiple of log_every "
                           f"({cfg.log_every}), got {cfg.hessian_every}")
     if cfg.hessian_every and (cfg.probes < 2 or cfg.lanczos_steps < cfg.top_k or cfg.top_k < 1):
-        raise ConfigError("--probes must be ≥ 2 and --lanczos-steps ≥ --top-k ≥ 1")
+        raise ConfigError("probes must be ≥ 2 and lanczos_steps ≥ top_k ≥ 1")
     if cfg.probe_kind not in ("rademacher", "gaussian"):
-        raise ConfigError(f"--probe-kind must be rademacher or gaussian, got {cfg.probe_kind!r}")
+        raise ConfigError(f"probe_kind must be rademacher or gaussian, got {cfg.probe_kind!r}")
     if cfg.loss not in ("ce", "mse"):
-        raise ConfigError(f"--loss must be ce or mse, got {cfg.loss!r}")
+        raise ConfigError(f"loss must be ce or mse, got {cfg.loss!r}")

@@ -22,11 +22,7 @@ import numpy as np
 
 from . import data
 from .data import Dataset
-
-
-class DataError(ValueError):
-    """A dataset cannot be loaded; the message is one line a user can act on."""
-
+from .errors import DataError  # noqa: E402,F401  (re-exported)
 
 DATASETS: dict[str, str] = {
     "digits": "scikit-learn 8x8 digits (default): 1438 train / 359 test, x (1,8,8), 10 classes",
@@ -311,6 +307,8 @@ def open_dataset(name: str, *, data_dir: str | Path | None = None, preprocess: s
     ``preprocess=None`` is the dataset's default: ``"standardize"`` for real data, ``"none"`` for
     synthetic tasks. Synthetic tasks draw exactly ``n_train``/``n_test`` examples (any size; the
     draws are nested, so this equals subsampling a larger draw) from ``seed``.
+
+    Example: ``sgdreg.run(model, sgdreg.open_dataset("mnist1d", n_train=1000), "sgd")``.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from .batching import full_batch_mean, full_batch_value_and_grad
+from .dynamics import eos_threshold
 from .models import layer_norms
 
 
@@ -99,7 +100,23 @@ class ProbeContext:
 
 
 class Probe(Protocol):
-    """An expensive measurement run every ``every`` steps between training chunks."""
+    """An expensive measurement run every ``every`` steps between training chunks.
+
+    Any object with ``name``, ``every``, ``__call__(params, ctx) -> {metric: value}`` and
+    ``describe() -> dict`` is a probe; its metrics join the trace row of that step (null at
+    other rows) and ``describe()`` is recorded under ``probes.<name>``. Evaluate the model with
+    ``ctx.problem.objective`` (inference mode), never change the run.
+
+    Example:
+        >>> class LogitNorm:
+        ...     name, every = "logit_norm", 10
+        ...     def __call__(self, params, ctx):
+        ...         f = jax.vmap(ctx.problem.objective.predict, (None, 0))(params, ctx.data.x_train)
+        ...         return {"logit_norm": float(jnp.linalg.norm(f, axis=-1).mean())}
+        ...     def describe(self):
+        ...         return {"definition": "mean_i ‖f(x_i)‖₂ on the training set"}
+        >>> sgdreg.run(model, data, probes=[LogitNorm()])                  # doctest: +SKIP
+    """
 
     name: str
     every: int
@@ -111,19 +128,10 @@ class Probe(Protocol):
         ...
 
 
-def eos_threshold(optimizer: str, lr: float, momentum: float) -> float | None:
-    """Edge-of-stability reference for λ_max (Cohen et al. 2021; SCIENCE.md §3): GD/SGD 2/h,
-    heavy ball 2(1+β)/h, Nesterov (2+2β)/((1+2β)h), Adam 38/h (β1 = 0.9, for the
-    *preconditioned* sharpness, recorded for reference); none for flows."""
-    if optimizer in ("gd", "sgd"):
-        return 2.0 / lr
-    if optimizer == "momentum":
-        return 2.0 * (1 + momentum) / lr
-    if optimizer == "nesterov":
-        return (2 + 2 * momentum) / ((1 + 2 * momentum) * lr)
-    if optimizer == "adam":
-        return 38.0 / lr
-    return None
+HESSIAN_DEFINITION = (
+    "∇²L of the full-batch training loss L = (1/n)Σℓ_i (loss term only; no weight decay or "
+    "optimizer terms), all trainable parameters, train data, inference mode: dropout off and "
+    "BatchNorm with its running statistics frozen at the probe's step")
 
 
 class CurvatureProbe:
@@ -131,32 +139,35 @@ class CurvatureProbe:
     Hutchinson trace ± stderr with tr(H²) and per-layer traces from the same probes, the top-k
     and smallest eigenvalues by Lanczos (warm-started from the last top eigenvector), λ_max·‖θ‖²,
     the EoS reference, batch sharpness (minibatch methods), Γ exactly from per-example gradients
-    and, optionally, the raw SLQ nodes/weights of the spectral density."""
+    and, optionally, the raw SLQ nodes/weights of the spectral density. The Hessian is
+    ``HESSIAN_DEFINITION`` (inference mode for dropout/BatchNorm models), recorded in the trace.
+
+    Example: ``sgdreg.run(model, data, probes=[sgdreg.CurvatureProbe(50, num_probes=100)])``
+    (``curvature=50`` is the shorthand with the defaults)."""
 
     name = "curvature"
 
     def __init__(self, every: int, *, num_probes=20, kind="rademacher", lanczos_steps=20,
                  top_k=3, subset: int | None = None, slq: bool = False, slq_starts: int = 4,
-                 sharpness_batches: int = 10, optimizer="gd", lr=0.1, momentum=0.9,
+                 sharpness_batches: int = 10, threshold: float | None = None,
                  batch_size: int | None = None):
         self.every = every
         self.num_probes, self.kind = num_probes, kind
         self.lanczos_steps, self.top_k = lanczos_steps, top_k
         self.subset, self.slq, self.slq_starts = subset, slq, slq_starts
         self.sharpness_batches, self.batch_size = sharpness_batches, batch_size
-        self.threshold = eos_threshold(optimizer, lr, momentum)
+        self.threshold = threshold
 
     @classmethod
     def from_config(cls, cfg) -> CurvatureProbe:
         return cls(cfg.hessian_every, num_probes=cfg.probes, kind=cfg.probe_kind,
                    lanczos_steps=cfg.lanczos_steps, top_k=cfg.top_k, subset=cfg.hessian_n,
-                   slq=cfg.slq, optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
+                   slq=cfg.slq, threshold=eos_threshold(cfg.optimizer, cfg.lr, cfg.momentum),
                    batch_size=None if cfg.full_batch else cfg.batch_size)
 
     def describe(self) -> dict[str, Any]:
         return {
-            "hessian": "∇²L of the full-batch training loss L = (1/n)Σℓ_i (loss term only; no "
-                       "weight decay in sgdreg objectives), all trainable parameters, eval mode",
+            "hessian": HESSIAN_DEFINITION,
             "data": "train", "subset": self.subset or "all", "probe_kind": self.kind,
             "num_probes": self.num_probes, "lanczos_steps": self.lanczos_steps,
             "lanczos": "full re-orthogonalisation, largest/smallest algebraic, warm start",
@@ -176,6 +187,8 @@ class CurvatureProbe:
         k_tr, k_lz, k_min, k_slq, k_bs = jax.random.split(ctx.key, 5)
         tr = cv.hutchinson(hv, dim, k_tr, self.num_probes, self.kind)
         v0 = ctx.memory.get("top_vector")
+        if v0 is None:  # lanczos_eigs' own Gaussian start, drawn here: one compilation, not two
+            v0 = jax.random.normal(k_lz, (dim,), hv.dtype)
         top = cv.lanczos_eigs(hv, dim, self.top_k, self.lanczos_steps, key=k_lz, v0=v0)
         low = cv.lanczos_eigs(hv, dim, 1, self.lanczos_steps, key=k_min, which="smallest")
         ctx.memory["top_vector"] = top.eigenvectors[0]

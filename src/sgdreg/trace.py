@@ -33,8 +33,7 @@ STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 REQUIRED = ("schema", "run_id", "status", "config", "versions", "device", "seed", "metrics")
 
 
-class TraceError(ValueError):
-    """A trace file that cannot be read or does not follow the schema."""
+from .errors import TraceError  # noqa: F401,E402
 
 
 def to_json_value(v: Any) -> Any:
@@ -180,7 +179,9 @@ def load_trace(path: str | os.PathLike) -> dict[str, Any]:
 
 def to_dataframe(trace: dict | str | os.PathLike):
     """Long-form pandas DataFrame: one row per (step, metric[, component]) with the run's
-    optimizer, lr, seed and run_id as columns; vector metrics become ``name/component``."""
+    optimizer, lr, seed and run_id as columns; vector metrics become ``name/component``.
+
+    Example: ``sgdreg.to_dataframe("runs/gd.json").query("metric == 'train_loss'")``."""
     import pandas as pd
 
     doc = load_trace(trace) if not isinstance(trace, dict) else trace
@@ -209,3 +210,33 @@ def to_dataframe(trace: dict | str | os.PathLike):
     df["run_id"] = doc.get("run_id")
     df["status"] = doc.get("status")
     return df
+
+
+def load_traces(directory: str | os.PathLike):
+    """One long-form DataFrame (``to_dataframe`` rows, ``run_id`` column) over every trace JSON
+    under ``directory`` (recursively: flat ``compare`` folders and sweep ``traces/`` alike).
+
+    JSON files that are not traces (``summary.json``, sweep indexes, ...) are skipped; a file
+    that claims the trace schema but does not validate is a ``TraceError``, as is a folder with
+    no trace at all.
+
+    Example:
+        >>> df = sgdreg.load_traces("runs")                                 # doctest: +SKIP
+        >>> df[df.metric == "lambda_max"].pivot(index="step", columns="run_id", values="value")
+    """
+    import pandas as pd
+
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise TraceError(f"no folder at {folder}")
+    frames = []
+    for path in sorted(folder.rglob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TraceError(f"{path} is not valid JSON ({e.__class__.__name__}: {e})") from None
+        if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
+            frames.append(to_dataframe(load_trace(path)))
+    if not frames:
+        raise TraceError(f"no sgdreg traces (schema {SCHEMA}) under {folder}")
+    return pd.concat(frames, ignore_index=True)

@@ -1,19 +1,22 @@
-"""The training loop: compiled chunks of steps, probes between them, a trace after each.
+"""Runs: a model, data, a loss and a dynamics → ``engine.execute`` → a trace.
 
-``train(cfg)`` loads the data, builds the model from ``seed`` (so every optimizer of a
-comparison starts from the identical θ0), then alternates
+Two doors into the one engine:
 
-    one jitted ``lax.scan`` over ``log_every`` steps + cheap metrics  →  host: expensive probes,
-    divergence check, trace row, atomic trace write.
+* ``run(model, data, optimizer, ...)`` (the public API): any ``eqx.Module`` acting on one
+  example (dropout via a ``key`` argument; BatchNorm via ``state=`` from
+  ``eqx.nn.make_with_state``), arrays or a ``Dataset``, a loss name or per-example callable,
+  an optimizer name, ``optax.GradientTransformation`` or dynamics module. ``compare`` runs
+  several optimizers from the identical θ0.
+* ``train(cfg)``: a ``RunConfig`` (the CLI's presets and sweep grids) built into the same call.
 
-Numeric hyper-parameters are traced, so a new lr reuses the compiled chunk (``TRACE_COUNTS``
-counts compilations; the tests assert it).
+Every run records honest provenance: the model's class, parameter count and structure hash,
+the data's name, shapes and content hash, the loss and the optimizer as given.
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter
+import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,17 +25,20 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from . import dynamics as dyn
 from .config import RunConfig, validate
 from .data import Dataset
-from .losses import Objective
-from .models import layer_names, make_model, num_params, partition
-from .probes import CurvatureProbe, Probe, ProbeContext, cheap_metrics
-from .trace import TraceWriter, device_info, versions
+from .engine import Problem, Run, execute, init_state
+from .errors import ConfigError, ModelError, PrecisionError
+from .losses import LossFn, Objective, check_objective, is_stateful, is_stochastic, loss_name
+from .models import layer_names, make_model, num_params, trainable_filter
+from .probes import CurvatureProbe, Probe
+from .trace import device_info, versions
 
-TRACE_COUNTS: Counter = Counter()
-FLOW_MAX_STEPS = 100_000
+Optimizer = str | dyn.AbstractDynamics | optax.GradientTransformation
+MINIBATCH_DEFAULT = 32
 
 
 def load_data(cfg: RunConfig) -> Dataset:
@@ -47,11 +53,47 @@ def load_data(cfg: RunConfig) -> Dataset:
     return ds
 
 
+def require_dtype(dtype) -> Any:
+    """``jnp.float32``/``float64`` for a name or dtype; float64 needs JAX's 64-bit mode, which
+    sgdreg never switches on by itself (it is process-wide)."""
+    dt = jnp.dtype(dtype)
+    if dt == jnp.float64 and not jax.config.jax_enable_x64:
+        raise PrecisionError("dtype: float64 needs JAX's 64-bit mode; set JAX_ENABLE_X64=1 or "
+                             "call jax.config.update('jax_enable_x64', True) before creating "
+                             "arrays (the sgdreg command does this for you)")
+    if dt not in (jnp.float32, jnp.float64):
+        raise PrecisionError(f"dtype: {dt} is not supported; use float32 or float64")
+    return dt.type
+
+
 def dtype_of(cfg: RunConfig):
-    if cfg.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-        return jnp.float64
-    return jnp.float32
+    return require_dtype(cfg.dtype)
+
+
+def as_dataset(data: Dataset | Sequence | dict, name: str | None = None) -> Dataset:
+    """A ``Dataset`` from a Dataset, a tuple ``(x_train, y_train, x_test, y_test)`` or a dict
+    with those keys; integer labels mean classification (classes = max label + 1), float
+    labels regression (targets of shape (n, k)).
+
+    Example: ``ds = sgdreg.as_dataset((x_train, y_train, x_test, y_test), name="mine")``."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, dict):
+        data = tuple(data.get(k) for k in ("x_train", "y_train", "x_test", "y_test"))
+    if not isinstance(data, (tuple, list)) or len(data) != 4 or any(a is None for a in data):
+        raise ConfigError("data: give a Dataset, (x_train, y_train, x_test, y_test) or a dict "
+                          "with those keys")
+    xtr, ytr, xte, yte = (np.asarray(a) for a in data)
+    if len(xtr) != len(ytr) or len(xte) != len(yte) or len(xtr) == 0:
+        raise ConfigError(f"data: x_train/y_train have {len(xtr)}/{len(ytr)} rows and "
+                          f"x_test/y_test {len(xte)}/{len(yte)}; each pair must match (non-empty)")
+    if ytr.dtype.kind in "iub":
+        k = int(max(ytr.max(), yte.max() if len(yte) else 0)) + 1
+        ytr, yte = ytr.astype(np.int32), yte.astype(np.int32)
+    else:
+        k = 0
+        ytr, yte = ytr.reshape(len(ytr), -1), yte.reshape(len(yte), -1)
+    return Dataset(name or "arrays", xtr, ytr, xte, yte, k)
 
 
 def device_data(ds: Dataset, dtype) -> dyn.Data:
@@ -61,162 +103,303 @@ def device_data(ds: Dataset, dtype) -> dyn.Data:
                     jnp.asarray(ds.x_test, dtype), lab(ds.y_test))
 
 
+def structure_hash(model) -> str:
+    """sha256 (16 hex) of the model's tree structure, static fields and array shapes/dtypes.
+    Equal for a model and its ``eqx.filter_eval_shape`` skeleton, and across processes (memory
+    addresses in the repr of static callables are dropped)."""
+    arrays, static = eqx.partition(
+        model, lambda a: eqx.is_array(a) or isinstance(a, jax.ShapeDtypeStruct))
+    shapes = [(tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(arrays)]
+    text = repr((type(model).__qualname__, jax.tree.structure(arrays), shapes))
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def data_hash(ds: Dataset) -> str:
+    h = hashlib.sha256()
+    for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
+        a = np.ascontiguousarray(a)
+        h.update(str((a.shape, a.dtype)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class Setup:
-    """Everything a run needs, built once from (cfg, dataset)."""
+    """Everything a run needs, built once: data, model, θ0, the problem and the keys."""
 
-    cfg: RunConfig
     dataset: Dataset
     data: dyn.Data
     model0: eqx.Module
     params0: Any
-    problem: dyn.Problem
+    problem: Problem
     hyper: dyn.Hyper
-    keys: dict[str, jax.Array] = field(default_factory=dict)
+    model_state0: Any
+    keys: dict[str, jax.Array]
+    provenance: dict[str, Any]
+    cfg: RunConfig | None = None
+
+    def state0(self) -> dyn.TrainState:
+        return init_state(self.problem, self.params0, self.hyper, self.keys["data"],
+                          self.keys["model"], self.dataset.n_train, self.model_state0)
 
 
-def build(cfg: RunConfig, dataset: Dataset | None = None, model: eqx.Module | None = None
-          ) -> Setup:
-    """Validate, load data, initialise the model from ``cfg.seed``; no compilation yet."""
+def prepare(model: eqx.Module, dataset: Dataset, dynamics: dyn.AbstractDynamics,
+            loss: str | LossFn, *, lr: float, momentum: float = 0.9, egr: float = 0.0,
+            seed: int = 0, state=None, trainable=None, eval_chunk: int = 4096,
+            preset: str | None = None) -> Setup:
+    """Partition the model, build the objective and check it on one example (no compute)."""
+    if not isinstance(model, eqx.Module):
+        raise ModelError(f"model: expected an equinox.Module, got {type(model).__name__}")
+    stateful = is_stateful(model)
+    if stateful and state is None:
+        raise ModelError("model holds stateful layers (e.g. eqx.nn.BatchNorm); pass state= "
+                         "from `model, state = eqx.nn.make_with_state(Model)(...)`")
+    spec = trainable if trainable is not None else trainable_filter(model)
+    params0, frozen = eqx.partition(model, spec)
+    leaves = jax.tree.leaves(params0)
+    if not leaves:
+        raise ModelError("model has no trainable floating-point arrays")
+    dtype = require_dtype(leaves[0].dtype)
+    obj = Objective(frozen, loss, dataset.num_classes, state, stateful, is_stochastic(model))
+    data = device_data(dataset, dtype)
+    check_objective(obj, params0, data.x_train[0], data.y_train[0], dataset.out_size)
+    if dynamics.batch_size is not None and dynamics.batch_size > dataset.n_train:
+        raise ConfigError(f"batch_size {dynamics.batch_size} exceeds the {dataset.n_train} "
+                          "training examples")
+    k_data, k_probe, k_model = jax.random.split(jax.random.key(seed), 3)
+    hyper = dyn.Hyper(*(jnp.asarray(v, dtype) for v in (lr, momentum, egr)))
+    prov = {
+        "model": {"class": f"{type(model).__module__}.{type(model).__qualname__}",
+                  "preset": preset, "num_params": num_params(params0),
+                  "structure_hash": structure_hash(model), "stateful": stateful,
+                  "stochastic": obj.stochastic, "dtype": str(jnp.dtype(dtype))},
+        "data": {**dataset.describe(), "hash": data_hash(dataset)},
+        "loss": loss_name(loss),
+        "dynamics": dynamics.describe(),
+    }
+    return Setup(dataset, data, model, params0, Problem(obj, dynamics, eval_chunk), hyper,
+                 state, {"data": k_data, "probe": k_probe, "model": k_model}, prov)
+
+
+def build(cfg: RunConfig, dataset: Dataset | None = None, model: eqx.Module | None = None,
+          state=None) -> Setup:
+    """A ``RunConfig``'s setup: validated, data loaded, θ0 from ``cfg.seed`` (or ``model``)."""
     validate(cfg)
     dtype = dtype_of(cfg)
     ds = dataset if dataset is not None else load_data(cfg)
     validate(cfg, ds.n_train)
-    k_init, k_data, k_probe = jax.random.split(jax.random.key(cfg.seed), 3)
+    k_init = jax.random.split(jax.random.key(cfg.seed), 3)[0]
+    preset = None
     if model is None:
         model = make_model(cfg.model, ds.input_shape, ds.out_size, key=k_init, width=cfg.width,
                            depth=cfg.depth, activation=cfg.activation, dtype=dtype)
-    params0, frozen = partition(model)
-    problem = dyn.Problem(
-        objective=Objective(frozen, cfg.loss, ds.num_classes),
-        optimizer=cfg.optimizer,
-        batch_size=ds.n_train if cfg.full_batch else cfg.batch_size,
-        eval_chunk=cfg.eval_chunk,
-        use_egr=cfg.egr > 0,
-    )
-    hyper = dyn.Hyper(*(jnp.asarray(v, dtype) for v in (cfg.lr, cfg.momentum, cfg.egr)))
-    return Setup(cfg, ds, device_data(ds, dtype), model, params0, problem, hyper,
-                 {"data": k_data, "probe": k_probe})
-
-
-@eqx.filter_jit
-def discrete_chunk(state: dyn.TrainState, problem: dyn.Problem, data: dyn.Data, params0,
-                   num_steps: int):
-    """``num_steps`` updates in one ``lax.scan``, then the cheap metrics at the new iterate."""
-    TRACE_COUNTS["discrete_chunk"] += 1
-    state, losses = jax.lax.scan(lambda s, _: dyn.train_step(s, problem, data), state, None,
-                                 length=num_steps)
-    metrics = cheap_metrics(problem, data, state.params, params0, state.perm, state.hyper.lr)
-    return state, losses, metrics
-
-
-@eqx.filter_jit
-def flow_chunk(params, t0, t1, problem: dyn.Problem, data: dyn.Data, params0, hyper, perm,
-               rtol, atol):
-    """Integrate the flow over [t0, t1], then the cheap metrics at θ(t1)."""
-    TRACE_COUNTS["flow_chunk"] += 1
-    params, acc, rej, ok = dyn.flow_segment(params, t0, t1, hyper.lr, problem, data, rtol, atol,
-                                            FLOW_MAX_STEPS)
-    return params, acc, rej, ok, cheap_metrics(problem, data, params, params0, perm, hyper.lr)
-
-
-initial_metrics = eqx.filter_jit(cheap_metrics)
+        preset = cfg.model
+    dynamics = dyn.resolve(cfg.optimizer, batch_size=None if cfg.full_batch else cfg.batch_size,
+                           egr=cfg.egr > 0, rtol=cfg.rtol, atol=cfg.atol)
+    s = prepare(model, ds, dynamics, cfg.loss, lr=cfg.lr, momentum=cfg.momentum, egr=cfg.egr,
+                seed=cfg.seed, state=state, eval_chunk=cfg.eval_chunk, preset=preset)
+    s.cfg = cfg
+    return s
 
 
 @dataclass
 class RunResult:
+    """A finished run: its trace, final and initial model, final BatchNorm state, setup."""
+
     trace: dict[str, Any]
     model: eqx.Module
     model0: eqx.Module
     setup: Setup
+    state: Any = None
+    final: Any = field(default=None, repr=False)
 
 
-def _host(metrics: dict) -> dict:
-    out = {}
-    for k, v in jax.device_get(metrics).items():
-        v = np.asarray(v)
-        out[k] = v.tolist() if v.ndim else float(v)
-    return out
+def _config_record(s: Setup, cfg: RunConfig | None, run_cfg: dict) -> dict:
+    """The trace's ``config``: the RunConfig (model fields only when its preset was used; the
+    dataset's real name), or the arguments of ``run``."""
+    if cfg is None:
+        return run_cfg
+    d = cfg.to_dict()
+    d["dataset"] = s.dataset.name if s.dataset.name != cfg.dataset else cfg.dataset
+    if s.provenance["model"]["preset"] is None:
+        d.update(model=s.provenance["model"]["class"].rsplit(".", 1)[-1], width=None, depth=None,
+                 activation=None)
+    return d
+
+
+def _execute(s: Setup, *, steps: int, log_every: int, lr: float, seed: int,
+             probes: Sequence[Probe], stop_loss, trace_path, progress, run_cfg: dict,
+             run_id: str) -> RunResult:
+    header = {"run_id": run_id, "config": _config_record(s, s.cfg, run_cfg),
+              "provenance": s.provenance, "dataset": s.dataset.describe(),
+              "versions": versions(), "device": device_info(), "seed": seed,
+              "num_params": num_params(s.params0), "layers": layer_names(s.params0)}
+    r = Run(s.problem, s.data, s.state0(), s.params0, steps, log_every, lr, s.keys["probe"],
+            header, stop_loss, list(probes))
+    out = execute(r, trace_path=trace_path, progress=progress, summarize=summarize)
+    model = eqx.combine(out.state.params, s.problem.objective.frozen)
+    return RunResult(out.trace, model, s.model0, s, out.state.model_state, out.state)
 
 
 def train(cfg: RunConfig, dataset: Dataset | None = None, *, trace_path=None,
           probes: Sequence[Probe] = (), progress: Callable[[int, int, dict], None] | None = None,
-          model: eqx.Module | None = None, setup: Setup | None = None) -> RunResult:
-    """Run one configuration to ``cfg.steps`` (or divergence), writing the trace as it goes."""
-    s = setup or build(cfg, dataset, model)
-    cfg, problem, data = s.cfg, s.problem, s.data
+          model: eqx.Module | None = None, setup: Setup | None = None, state=None) -> RunResult:
+    """Run one ``RunConfig`` to ``cfg.steps`` (or divergence), writing the trace as it goes.
+
+    The configuration door of ``run`` (the CLI and sweep grids use it): data from
+    ``cfg.dataset`` (or ``dataset``), the preset ``cfg.model`` from ``cfg.seed`` (or your
+    ``model``/``state``: the trace then records its class, not the preset), ``cfg.optimizer``,
+    ``cfg.loss``; the curvature probe every ``cfg.hessian_every`` steps when set.
+
+    Args:
+        cfg: the run's ``RunConfig``; dataset: a ``Dataset`` overriding ``cfg.dataset``.
+        trace_path: where to stream the JSON trace; probes: extra ``Probe`` objects.
+    Returns:
+        ``RunResult`` (``.trace``, ``.model``, ``.state``, ``.setup``).
+
+    Example:
+        >>> res = sgdreg.train(sgdreg.RunConfig(optimizer="sgd", lr=0.1, steps=500))  # doctest: +SKIP
+    """
+    s = setup or build(cfg, dataset, model, state)
+    cfg = s.cfg
     if cfg.hessian_every and not any(p.name == "curvature" for p in probes):
         probes = [*probes, CurvatureProbe.from_config(cfg)]
-    writer = TraceWriter(trace_path, {
-        "run_id": run_id(cfg), "config": cfg.to_dict(), "dataset": s.dataset.describe(),
-        "versions": versions(), "device": device_info(), "seed": cfg.seed,
-        "num_params": num_params(s.params0), "layers": layer_names(s.params0),
-        "probes": {p.name: {"every": p.every, **p.describe()} for p in probes},
-    })
-    start = time.perf_counter()
-    state = dyn.init_state(problem, s.params0, s.hyper, s.keys["data"], s.dataset.n_train)
-    params = s.params0
-    memory: dict[str, dict] = {p.name: {} for p in probes}
-
-    def record(step: int, metrics: dict, extra: dict | None = None):
-        row = {"step": step, "t": step * cfg.lr, **_host(metrics), **(extra or {})}
-        for p in probes:
-            if step % p.every == 0 or step == cfg.steps:
-                ctx = ProbeContext(problem, data, cfg.lr, step,
-                               jax.random.fold_in(s.keys["probe"], step), memory[p.name])
-                row |= p(params, ctx)
-        writer.append(row)
-        writer.flush()
-        if progress:
-            progress(step, cfg.steps, writer.rows[-1])
-
-    status, detail, diverged_step = "completed", None, None
-    try:
-        record(0, initial_metrics(problem, data, params, s.params0, state.perm, s.hyper.lr),
-               {"solver_steps": 0} if cfg.is_flow else None)
-        step = 0
-        while step < cfg.steps:
-            n = min(cfg.log_every, cfg.steps - step)
-            if cfg.is_flow:
-                dt = jnp.asarray(cfg.lr, params0_dtype(s))
-                params, acc, rej, ok, metrics = flow_chunk(
-                    params, dt * step, dt * (step + n), problem, data, s.params0, s.hyper,
-                    state.perm, cfg.rtol, cfg.atol)
-                step += n
-                record(step, metrics, {"solver_steps": int(acc), "solver_rejected": int(rej)})
-                if not bool(ok):
-                    finite = all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(params))
-                    status = "failed" if finite else "diverged"
-                    diverged_step = None if finite else step
-                    detail = (f"flow solver stopped before t={step * cfg.lr:g} "
-                              f"({'max steps reached' if finite else 'non-finite state'})")
-                    break
-            else:
-                state, losses, metrics = discrete_chunk(state, problem, data, s.params0, n)
-                params = state.params
-                step = int(state.step)
-                div = int(state.diverged_at)
-                record(step, metrics)
-                if div >= 0:
-                    status, diverged_step = "diverged", div
-                    detail = f"non-finite training loss at step {div} (lr={cfg.lr:g})"
-                    break
-            if cfg.stop_loss is not None and writer.rows[-1]["train_loss"] is not None \
-                    and writer.rows[-1]["train_loss"] <= cfg.stop_loss:
-                detail = f"reached train_loss ≤ {cfg.stop_loss:g} at step {step}"
-                break
-    except KeyboardInterrupt:
-        status, detail = "interrupted", "stopped by the user (Ctrl-C)"
-    trace = writer.finish(status, detail, diverged_step=diverged_step,
-                          wall_time_s=time.perf_counter() - start,
-                          summary=summarize(writer.to_dict()))
-    if status == "interrupted":
-        raise KeyboardInterrupt
-    return RunResult(trace, eqx.combine(params, problem.objective.frozen), s.model0, s)
+    return _execute(s, steps=cfg.steps, log_every=cfg.log_every, lr=cfg.lr, seed=cfg.seed,
+                    probes=probes, stop_loss=cfg.stop_loss, trace_path=trace_path,
+                    progress=progress, run_cfg={}, run_id=run_id(cfg))
 
 
-def params0_dtype(s: Setup):
-    return jax.tree.leaves(s.params0)[0].dtype
+def _check_counts(**values):
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+
+
+def run(model: eqx.Module, data: Dataset | Sequence | dict, optimizer: Optimizer = "gd", *,
+        loss: str | LossFn = "ce", lr: float | None = None, steps: int = 1000,
+        log_every: int = 10,
+        batch_size: int | None = None, momentum: float = 0.9, egr: float = 0.0, seed: int = 0,
+        state=None, probes: Sequence[Probe] = (), curvature: int = 0,
+        stop_loss: float | None = None, trace_path=None, trainable=None, eval_chunk: int = 4096,
+        progress: Callable[[int, int, dict], None] | None = None,
+        name: str | None = None) -> RunResult:
+    """Train ``model`` on ``data`` with ``optimizer`` from the model's own arrays (θ0).
+
+    Args:
+        model: an ``eqx.Module`` acting on one example; ``__call__(x, *, key=None)`` for
+            dropout, ``__call__(x, state, *, key=None) -> (out, state)`` for BatchNorm (pass
+            ``state``).
+        data: a ``Dataset`` or ``(x_train, y_train, x_test, y_test)``.
+        optimizer: "gd", "sgd", "momentum", "nesterov", "adam", "flow", "modified-flow", an
+            ``optax.GradientTransformation`` or a dynamics module (``sgdreg.GradientFlow()``).
+        loss: "ce", "mse" or a callable ``loss(output, label) -> scalar`` for one example.
+        lr: the step size h (t = step·h; h of the IGR terms; default 0.1). Traced: a new value
+            does not recompile. For a user transform it sets an injected ``learning_rate``
+            (``optax.inject_hyperparams``); without ``lr`` a transform's h is read from its
+            injected ``learning_rate`` (schedules too) or is unknown (IGR terms and t null).
+        batch_size: minibatch size (default 32 for sgd/momentum/nesterov/adam; None: full batch).
+        seed: data order, dropout keys and probe keys (θ0 is the model you pass).
+        probes: extra ``Probe`` objects; ``curvature=k``: the curvature probe every k steps.
+
+    Returns:
+        ``RunResult`` with ``.trace`` (the JSON trace), ``.model`` (final) and ``.state``.
+
+    Example:
+        >>> res = sgdreg.run(model, (x, y, xt, yt), "sgd", lr=0.05, steps=200)  # doctest: +SKIP
+    """
+    _check_counts(steps=steps, log_every=log_every)
+    lr = _step_size(optimizer, lr)
+    ds = as_dataset(data)
+    batch_size = _batch(optimizer, {"batch_size": batch_size})
+    dynamics = dyn.resolve(optimizer, batch_size=batch_size, egr=egr > 0,
+                           lr=None if np.isnan(lr) else lr)
+    s = prepare(model, ds, dynamics, loss, lr=lr, momentum=momentum, egr=egr, seed=seed,
+                state=state, trainable=trainable, eval_chunk=eval_chunk)
+    if curvature:
+        _check_counts(curvature=curvature)
+        probes = [*probes, CurvatureProbe(
+            curvature, threshold=dynamics.eos_threshold(lr, momentum),
+            batch_size=dynamics.batch_size)]
+    rid = name or _default_name(dynamics, {"lr": lr, "seed": seed})
+    lr_record = None if np.isnan(lr) else lr
+    run_cfg = {"optimizer": dynamics.name, "lr": lr_record, "steps": steps, "log_every": log_every,
+               "batch_size": dynamics.batch_size, "momentum": momentum, "egr": egr,
+               "seed": seed, "loss": loss_name(loss), "model": type(model).__name__,
+               "dataset": ds.name, "dtype": s.provenance["model"]["dtype"],
+               "stop_loss": stop_loss, "curvature_every": curvature}
+    return _execute(s, steps=steps, log_every=log_every, lr=lr, seed=seed, probes=probes,
+                    stop_loss=stop_loss, trace_path=trace_path, progress=progress,
+                    run_cfg=run_cfg, run_id=rid)
+
+
+def compare(model: eqx.Module, data, optimizers: Sequence[Optimizer] | dict[str, Optimizer],
+            *, out_dir=None, **kwargs) -> dict[str, RunResult]:
+    """``run`` each optimizer from the identical θ0 (the model passed).
+
+    Args:
+        optimizers: names, optax transformations or dynamics; or a dict run name → optimizer.
+        out_dir: if given, each trace is streamed to ``out_dir/<run name>.json``.
+        kwargs: passed to ``run`` (lr, steps, loss, state, curvature, ...).
+
+    Returns:
+        dict run name → ``RunResult``, in the order given.
+
+    Example:
+        >>> runs = sgdreg.compare(model, data, {"gd": "gd", "adamw": optax.adamw(1e-3)},
+        ...                       steps=500, curvature=50, out_dir="runs")     # doctest: +SKIP
+    """
+    from pathlib import Path
+
+    items = list(optimizers.items()) if isinstance(optimizers, dict) else [
+        (None, o) for o in optimizers]
+    n_tx = sum(isinstance(o, optax.GradientTransformation) for _, o in items)
+    if n_tx > 1:  # unnamed transforms: optax0, optax1, ... in the order given
+        j = iter(range(n_tx))
+        items = [(label, dyn.from_transform(o, batch_size=kwargs.get("batch_size"),
+                                            lr=kwargs.get("lr"), name=f"optax{next(j)}"))
+                 if isinstance(o, optax.GradientTransformation) else (label, o)
+                 for label, o in items]
+    names = [label or _default_name(dyn.resolve(o, batch_size=_batch(o, kwargs)), {
+        "lr": _step_size(o, kwargs.get("lr")), "seed": kwargs.get("seed", 0)}) for label, o in items]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise ConfigError(f"optimizers: two runs would both be named {dup!r}; name them with a "
+                          "dict {name: optimizer}")
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    results: dict[str, RunResult] = {}
+    for name, (_, opt) in zip(names, items):
+        path = None if out_dir is None else Path(out_dir) / f"{name}.json"
+        results[name] = run(model, data, opt, name=name, trace_path=path, **kwargs)
+    return results
+
+
+def _step_size(optimizer, lr) -> float:
+    """h: ``lr`` if given (finite, > 0); else 0.1, or NaN (unknown) for a user transform, which
+    carries its own step size."""
+    if lr is None:
+        if isinstance(optimizer, dyn.Optax) and optimizer.preset is None:
+            return float("nan") if optimizer.lr is None else optimizer.lr
+        return float("nan") if isinstance(optimizer, optax.GradientTransformation) else 0.1
+    if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr must be a finite number > 0, got {lr!r}")
+    return float(lr)
+
+
+def _batch(optimizer, kwargs) -> int | None:
+    b = kwargs.get("batch_size")
+    if b is None and isinstance(optimizer, str) and optimizer in ("sgd", "momentum", "nesterov",
+                                                                   "adam"):
+        return MINIBATCH_DEFAULT
+    return b
+
+
+def _default_name(dynamics: dyn.AbstractDynamics, kwargs) -> str:
+    """``<method>[_lr<h>][_b<B>]_s<seed>``: h when known, B only for minibatch methods."""
+    b = f"_b{dynamics.batch_size}" if dynamics.batch_size else ""
+    lr = f"_lr{kwargs['lr']:g}" if np.isfinite(kwargs["lr"]) else ""
+    return f"{dynamics.name}{lr}{b}_s{kwargs['seed']}"
 
 
 def run_id(cfg: RunConfig) -> str:

@@ -1,0 +1,201 @@
+"""The one engine: compiled chunks of any dynamics, probes between them, a trace after each.
+
+``advance`` is the single compiled program: ``dynamics.advance`` over n steps (traced, so every
+chunk of a run, and every lr, shares one compilation), then the cheap metrics at the new
+iterate. ``execute`` alternates
+
+    ``advance`` (one jit)  →  host: expensive probes, divergence check, trace row, atomic write,
+
+and ``sweep`` vmaps/shards the same ``advance`` over runs. ``TRACE_COUNTS["advance"]`` counts
+compilations (the tests assert it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .batching import full_batch_hvp, full_batch_value_and_grad
+from .dynamics import AbstractDynamics, Data, Hyper, TrainState, epoch_permutation
+from .losses import Objective
+from .probes import Probe, ProbeContext, cheap_metrics
+from .trace import TraceWriter
+
+TRACE_COUNTS: Counter = Counter()
+
+
+class Problem(eqx.Module):
+    """What to optimise and how: the objective, the dynamics and the evaluation chunk size."""
+
+    objective: Objective
+    dynamics: AbstractDynamics
+    eval_chunk: int = eqx.field(static=True, default=4096)
+
+    @property
+    def full_batch(self) -> bool:
+        return self.dynamics.full_batch
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.dynamics.batch_size
+
+    def at(self, model_state) -> Problem:
+        """This problem with the objective's BatchNorm statistics set to ``model_state``."""
+        if not self.objective.stateful:
+            return self
+        return eqx.tree_at(lambda p: p.objective, self, self.objective.with_state(model_state))
+
+    def training_gradient(self, params, model_state, x, y, key, mu, egr: bool):
+        """(L̂, ∇, new model state) of the training objective on the batch (x, y), plus μ‖∇L̂‖²
+        when ``egr``: gradient g + 2μ·Hg. A deterministic, stateless model is evaluated in
+        chunks (memory of one chunk); a stateful or stochastic one in one training-mode vmap
+        (BatchNorm batch statistics over the whole batch, one dropout key per example)."""
+        obj = self.objective
+        if not (obj.stateful or obj.stochastic):
+            loss, g = full_batch_value_and_grad(obj.example_loss, params, x, y, self.eval_chunk)
+            if egr:
+                hg = full_batch_hvp(obj.example_loss, params, x, y, g, self.eval_chunk)
+                g = jax.tree.map(lambda a, b: a + 2 * mu * b, g, hg)
+            return loss, g, model_state
+        f = lambda p: obj.batch_loss(p, model_state, x, y, key)
+        (loss, new_state), g = jax.value_and_grad(f, has_aux=True)(params)
+        if egr:
+            hg = jax.jvp(lambda p: jax.grad(f, has_aux=True)(p)[0], (params,), (g,))[1]
+            g = jax.tree.map(lambda a, b: a + 2 * mu * b, g, hg)
+        return loss, g, new_state
+
+
+def init_state(problem: Problem, params, hyper: Hyper, data_key, model_key, n: int,
+               model_state=None) -> TrainState:
+    """Step 0 of a run: θ0, the dynamics' own state, the epoch-0 order, keys as key data."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        opt_state=problem.dynamics.init(params, hyper), model_state=model_state,
+        perm=epoch_permutation(data_key, 0, n).astype(jnp.int32),
+        data_key=jax.random.key_data(data_key), model_key=jax.random.key_data(model_key),
+        diverged_at=jnp.full((), -1, jnp.int32), failed=jnp.zeros((), bool), hyper=hyper)
+
+
+def advance_chunk(state: TrainState, problem: Problem, data: Data, params0, step0, num_steps):
+    """``num_steps`` steps of ``problem.dynamics`` from the group's step ``step0``, then the
+    cheap metrics at the new iterate (``num_steps`` = 0: the metrics at the current one)."""
+    state, info = problem.dynamics.advance(state, problem, data, step0, num_steps)
+    metrics = cheap_metrics(problem.at(state.model_state), data, state.params, params0,
+                            state.perm, problem.dynamics.step_size(state))
+    return state, {**metrics, **info}
+
+
+@eqx.filter_jit
+def advance(state: TrainState, problem: Problem, data: Data, params0, step0, num_steps):
+    """``advance_chunk`` compiled once per problem structure (step0, num_steps traced)."""
+    TRACE_COUNTS["advance"] += 1
+    return advance_chunk(state, problem, data, params0, step0, num_steps)
+
+
+def host_metrics(metrics: dict) -> dict:
+    """Device metrics → plain Python (floats, lists)."""
+    out = {}
+    for k, v in jax.device_get(metrics).items():
+        v = np.asarray(v)
+        out[k] = v.tolist() if v.ndim else (int(v) if v.dtype.kind in "iu" else float(v))
+    return out
+
+
+@dataclass
+class Run:
+    """A run ready to execute: the problem, data, θ0 and its state, and how long to run."""
+
+    problem: Problem
+    data: Data
+    state0: TrainState
+    params0: Any
+    steps: int
+    log_every: int
+    lr: float
+    probe_key: jax.Array
+    header: dict[str, Any]
+    stop_loss: float | None = None
+    probes: Sequence[Probe] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What ``execute`` returns: the final trace and the final state."""
+
+    trace: dict[str, Any]
+    state: TrainState
+
+
+def execute(run: Run, *, trace_path=None, progress: Callable[[int, int, dict], None] | None = None,
+            summarize: Callable[[dict], dict] | None = None) -> Outcome:
+    """Run to ``run.steps`` (or divergence, solver failure, the stop loss or Ctrl-C), calling
+    expensive probes at their cadence and writing the trace after every chunk."""
+    problem, data, probes = run.problem, run.data, list(run.probes)
+    is_flow = problem.dynamics.is_flow
+    writer = TraceWriter(trace_path, {
+        **run.header, "probes": {p.name: {"every": p.every, **p.describe()} for p in probes}})
+    memory: dict[str, dict] = {p.name: {} for p in probes}
+    state = run.state0
+    start = time.perf_counter()
+
+    def record(step: int, metrics: dict):
+        row = {"step": step, "t": step * run.lr, **host_metrics(metrics)}
+        if step == 0 and is_flow:
+            row |= {"solver_steps": 0, "solver_rejected": 0}
+        for p in probes:
+            if step % p.every == 0 or step == run.steps:
+                ctx = ProbeContext(problem.at(state.model_state), data, run.lr, step,
+                                   jax.random.fold_in(run.probe_key, step), memory[p.name])
+                row |= p(state.params, ctx)
+        writer.append(row)
+        writer.flush()
+        if progress:
+            progress(step, run.steps, writer.rows[-1])
+
+    status, detail, diverged_step = "completed", None, None
+    try:
+        step = 0
+        state, metrics = advance(state, problem, data, run.params0, jnp.asarray(0, jnp.int32),
+                                 jnp.asarray(0, jnp.int32))
+        record(0, metrics)
+        while step < run.steps:
+            n = min(run.log_every, run.steps - step)
+            state, metrics = advance(state, problem, data, run.params0,
+                                     jnp.asarray(step, jnp.int32), jnp.asarray(n, jnp.int32))
+            div, failed = int(state.diverged_at), bool(state.failed)
+            if div >= 0:
+                status, diverged_step = "diverged", div
+                detail = (f"non-finite training loss at step {div} (lr={run.lr:g})" if not is_flow
+                          else f"flow solver stopped before t={(step + n) * run.lr:g} "
+                               "(non-finite state)")
+                if not is_flow:
+                    record(int(state.step), metrics)
+                break
+            if failed:
+                status = "failed"
+                detail = f"flow solver stopped before t={(step + n) * run.lr:g} (max steps reached)"
+                break
+            step = int(state.step)
+            record(step, metrics)
+            last = writer.rows[-1].get("train_loss")
+            if run.stop_loss is not None and last is not None and last <= run.stop_loss:
+                detail = f"reached train_loss ≤ {run.stop_loss:g} at step {step}"
+                break
+    except KeyboardInterrupt:
+        status, detail = "interrupted", "stopped by the user (Ctrl-C)"
+    fields = {"diverged_step": diverged_step, "wall_time_s": time.perf_counter() - start}
+    if summarize:
+        fields["summary"] = summarize(writer.to_dict())
+    trace = writer.finish(status, detail, **fields)
+    if status == "interrupted":
+        raise KeyboardInterrupt
+    return Outcome(trace, state)
