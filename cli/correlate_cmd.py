@@ -48,7 +48,8 @@ def correlate(
 
       sgdreg correlate runs/grid --gap gen_gap --no-flatness --json
     """
-    from sgdreg import generalization as gz
+    from sgdreg.experiments import generalization as gz
+    from sgdreg.plotting.generalization import ranking_table, render_generalization
 
     if gap not in gz.GAPS:
         raise UsageProblem(f"--gap: unknown value {gap!r}; allowed: {', '.join(gz.GAPS)}")
@@ -58,12 +59,12 @@ def correlate(
                        num_resamples=resamples, level=level, seed=seed, flatness=flatness,
                        curvature=curvature,
                        progress=lambda s: console.print(f"  {s}", highlight=False))
-    files = gz.render_generalization(run_dir, run_dir / "correlation.png")
+    files = render_generalization(run_dir, run_dir / "correlation.png")
     target = doc["target_loss"]
     lo, hi = doc["train_loss_range"]
     print_table(f"{doc['num_kept']} runs" + (f" at train loss ≤ {target:g}" if target else "")
                 + f" (final train loss {lo:.3g}–{hi:.3g}): τ and Ψ with {gap}",
-                *gz.table(doc, top))
+                *ranking_table(doc, top))
     if doc["discarded"]:
         print_table(f"discarded: {len(doc['discarded'])} of {doc['num_runs']} runs",
                     ["run", "reason"], [[d["run_id"], d["reason"]] for d in doc["discarded"]])

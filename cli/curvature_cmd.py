@@ -39,7 +39,7 @@ def hessian(
     """
     from sgdreg.checkpoint import load_model
     from sgdreg.config import validate
-    from sgdreg.plots import spectral_density_figure
+    from sgdreg.plotting.compare import spectral_density_figure
     from sgdreg.probes import measure_curvature
     from sgdreg.trace import atomic_write_json
     from sgdreg.training import load_data

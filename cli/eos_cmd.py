@@ -1,4 +1,4 @@
-"""``sgdreg eos``: the edge of stability (library: ``sgdreg.eos``)."""
+"""``sgdreg eos``: the edge of stability (library: ``sgdreg.experiments.eos``)."""
 
 from __future__ import annotations
 
@@ -55,17 +55,18 @@ def eos(
 
       sgdreg eos --lr 0.4 --steps 500 --no-flow --json
     """
-    from sgdreg import eos as lib
+    from sgdreg.experiments.eos import run_edge_of_stability
+    from sgdreg.plotting.eos import render_eos
 
     lrs = parse_list(lr, float, "--lr")
     dest = out_dir(out, "eos")
-    res = lib.run_edge_of_stability(
+    res = run_edge_of_stability(
         lrs, optimizer=optimizer, momentum=momentum, dataset=dataset, data_dir=data_dir,
         n_train=n_train, width=width, depth=depth, steps=steps, sharpness_every=sharpness_every,
         log_every=log_every, lanczos_steps=lanczos_steps, include_flow=flow, flow_time=flow_time,
         seed=seed, dtype=dtype, traces=traces, out_dir=dest, progress=console.print,
         **({} if settle_fraction is None else {"settle_fraction": settle_fraction}))
-    fig = lib.render_eos(dest, dest / "eos.png")[0]
+    fig = render_eos(dest, dest / "eos.png")[0]
     rows = [[r["run_id"], r["status"], r["threshold"], r["lambda_max_initial"],
              r["settled_lambda_max"], r["ratio"], r["loss_increases"]] for r in res["runs"]]
     f = res["flow_vs_largest"]

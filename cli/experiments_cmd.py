@@ -1,7 +1,7 @@
 """The generalization experiments: randomize, expressivity, kernel, double-descent.
 
-Each command builds a config, calls one ``sgdreg.experiments`` function, stores its results as
-``<out>/<experiment>.json``, renders the figure from them (``sgdreg.experiment_figures``) and
+Each command builds a config, calls one ``sgdreg.experiments.<paper>`` function, stores its results as
+``<out>/<experiment>.json``, renders the figure from them (``sgdreg.plotting.<paper>``) and
 prints a table. Everything is validated before the output directory is created.
 """
 
@@ -31,7 +31,7 @@ SeedsOpt = Annotated[str, Opt("--seeds", help="Comma list of seeds (bands in the
 
 def _finish(dest: Path, name: str, render, config: dict, results: dict, wall: float,
             json: bool, figure: str | None = None) -> Path:
-    from sgdreg.experiments import save_results
+    from sgdreg.results import save_results
 
     save_results(dest, name, config, results, wall)
     fig = render(dest, dest / f"{figure or name}.png")[0]
@@ -93,8 +93,9 @@ def randomize(
 
       sgdreg randomize --dataset mnist5k --width 512 --seeds 0,1,2 --epochs 60
     """
-    from sgdreg.experiment_figures import render_randomization
-    from sgdreg.experiments import randomization_test, timed
+    from sgdreg.experiments.zhang import randomization_test
+    from sgdreg.plotting.zhang import render_randomization
+    from sgdreg.results import timed
     from sgdreg.training import load_data
 
     ps = parse_list(corruptions, float, "--corruptions")
@@ -151,8 +152,9 @@ def expressivity(
 
       sgdreg expressivity --dataset mnist5k --n 1000 --multiples 1,10 --steps 5000
     """
-    from sgdreg.experiment_figures import render_expressivity
-    from sgdreg.experiments import expressivity_test, timed
+    from sgdreg.experiments.zhang import expressivity_test
+    from sgdreg.plotting.zhang import render_expressivity
+    from sgdreg.results import timed
 
     mults = parse_list(multiples, float, "--multiples")
     if steps < 1:
@@ -204,8 +206,9 @@ def kernel(
 
       sgdreg kernel --kernel linear --n-train 50
     """
-    from sgdreg.experiment_figures import render_kernel
-    from sgdreg.experiments import min_norm_kernel, timed
+    from sgdreg.experiments.kernel import min_norm_kernel
+    from sgdreg.plotting.kernel import render_kernel
+    from sgdreg.results import timed
 
     ds = _dataset(dataset, data_dir, preprocess, n_train, n_test)
     raw = _dataset(dataset, data_dir, "none", n_train, n_test) if table else None
@@ -278,8 +281,9 @@ def double_descent(
 
       sgdreg double-descent --kind epoch --noise 0.2 --epochs 400
     """
-    from sgdreg import experiments as ex
-    from sgdreg.experiment_figures import render_double_descent
+    from sgdreg.experiments import double_descent as ex
+    from sgdreg.plotting.double_descent import render_double_descent
+    from sgdreg.results import timed
 
     if kind not in DD_KINDS:
         raise UsageProblem(f"--kind: unknown value {kind!r}; allowed: {', '.join(DD_KINDS)}")
@@ -302,9 +306,9 @@ def double_descent(
         config = {"kind": kind, "dataset": dataset, "preprocess": preprocess or "unit",
                   "n_train": ds.n_train, "features": grid, "sigma": sigma, "seeds": seed_list}
         if kind == "rff":
-            res, wall = ex.timed(ex.rff_model_wise, ds, grid, seed_list, sigma)
+            res, wall = timed(ex.rff_model_wise, ds, grid, seed_list, sigma)
         else:
-            res, wall = ex.timed(ex.rff_sample_wise, ds, grid[0] if grid else 300, None,
+            res, wall = timed(ex.rff_sample_wise, ds, grid[0] if grid else 300, None,
                                  seed_list, sigma)
     else:
         cfg = RunConfig(dataset=dataset, data_dir=data_dir, preprocess=preprocess,
@@ -315,10 +319,10 @@ def double_descent(
         config = {**cfg.to_dict(), "kind": kind, "widths": ws, "noise": noises,
                   "seeds": seed_list, "epochs": epochs}
         if kind == "width":
-            res, wall = ex.timed(ex.deep_model_wise, cfg, ws, noises, seed_list,
+            res, wall = timed(ex.deep_model_wise, cfg, ws, noises, seed_list,
                                  trace_dir=dest / "traces", progress=say)
         else:
-            res, wall = ex.timed(ex.deep_epoch_wise, cfg.replace(seed=seed_list[0]), noises[0],
+            res, wall = timed(ex.deep_epoch_wise, cfg.replace(seed=seed_list[0]), noises[0],
                                  trace_path=dest / "traces" / "epoch_wise.json")
     _dd_table(kind, res)
     _finish(dest, f"double_descent_{kind}", render_double_descent, config, res, wall, json,

@@ -1,4 +1,4 @@
-"""``sgdreg igr``: implicit gradient regularization made visible (library: ``sgdreg.igr``)."""
+"""``sgdreg igr``: implicit gradient regularization made visible (library: ``sgdreg.experiments.igr``)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def igr(
     json: Annotated[bool, Opt("--json", help="Print the results on stdout.")] = False,
 ):
     """Implicit gradient regularization: GD vs plain and modified flow, EGR, two-parameter
-    example, h × width sweep. Writes results.json, traces/ and a figure.
+    example, h × width sweep. Writes igr_<check>.json (the results), traces/ and a figure.
 
     Examples:
 
@@ -59,8 +59,9 @@ def igr(
 
       sgdreg igr --sweep --lr 0.1,0.5,1 --width 32,128 --time 100
     """
-    from sgdreg import igr as lib
     from sgdreg.config import RunConfig
+    from sgdreg.experiments import igr as lib
+    from sgdreg.plotting import igr as fig_lib
 
     if two_param and sweep:
         raise UsageProblem("--two-param and --sweep: choose one")
@@ -74,7 +75,8 @@ def igr(
         kw = {k: v for k, v in (("lrs", lrs), ("time", time), ("n_log", n_log)) if v is not None}
         res = lib.two_param_example(h_small=h_small, h_moderate=h_moderate, out_dir=dest,
                                     progress=console.print, **kw)
-        fig = lib.render_two_param(dest, dest / "two_param.png")[0]
+        fig = fig_lib.render_two_param(dest, dest / "two_param.png")[0]
+        stored = lib.TWO_PARAM
         print_table("two-parameter model: final ||a| − |b|| (flow: "
                     f"{res['paths']['flow']['final_gap']:.4g})", ["h", "GD gap", "mod. flow gap"],
                     [[g["lr"], g["gd_gap"], g["modified_flow_gap"]] for g in res["gaps"]])
@@ -83,7 +85,8 @@ def igr(
         kw = {k: v for k, v in (("lrs", lrs), ("widths", widths), ("time", time)) if v is not None}
         res = lib.igr_sweep(base, target_loss=target_loss, out_dir=dest, progress=console.print,
                             **kw)
-        fig = lib.render_sweep(dest, dest / "sweep.png")[0]
+        fig = fig_lib.render_sweep(dest, dest / "sweep.png")[0]
+        stored = lib.SWEEP
         print_table(f"GD sweep: at t = {res['time']:g} | at train loss {target_loss:g}",
                     ["run", "status", "R_IG", "test acc", "R_IG@L", "test acc@L"],
                     [[r["run_id"], r["status"], r["final"]["grad_norm_sq"], r["final"]["test_acc"],
@@ -98,7 +101,8 @@ def igr(
         kw = {k: v for k, v in (("lrs", lrs), ("time", time), ("n_log", n_log)) if v is not None}
         res = lib.backward_error_check(cfg, egr_lr=egr_lr, out_dir=dest, progress=console.print,
                                        **kw)
-        fig = lib.render_backward_error(dest, dest / "backward_error.png")[0]
+        fig = fig_lib.render_backward_error(dest, dest / "backward_error.png")[0]
+        stored = lib.BACKWARD_ERROR
         rows = res["rows"]
         print_table(f"GD vs flows at t = {res['time']:g}: orders plain "
                     f"{res['orders']['flow'] or float('nan'):.2f}, modified "
@@ -107,7 +111,7 @@ def igr(
                     [[r["lr"], r["dist_flow"], r["dist_modified_flow"], r["ratio"],
                       r["loss_diff_flow"], r["loss_diff_modified_flow"], r.get("dist_egr"),
                       r.get("dist_small_step")] for r in rows])
-    console.print(f"results.json, traces/ and {fig.name} in {dest}")
+    console.print(f"{stored}.json, traces/ and {fig.name} in {dest}")
     if json:
         emit_json({"out": str(dest), "figure": str(fig)}
                   | {k: v for k, v in res.items() if k not in ("series", "paths")})

@@ -16,7 +16,8 @@ needs) and figures/eos.png (+ .svg).
 import time
 from pathlib import Path
 
-from sgdreg import eos
+from sgdreg.experiments.eos import run_edge_of_stability
+from sgdreg.plotting.eos import render_eos
 
 NAME = "eos"
 ROOT = Path(__file__).resolve().parents[1] / "figures"
@@ -27,9 +28,8 @@ CONFIG = dict(lrs=(0.1, 0.2, 0.4), optimizer="gd", dataset="digits", n_train=Non
 
 def main():
     start = time.perf_counter()
-    res = eos.run_edge_of_stability(**CONFIG, traces=False, out_dir=ROOT / "data" / NAME,
-                                    progress=print)
-    eos.render_eos(ROOT / "data" / NAME, ROOT / f"{NAME}.png")
+    res = run_edge_of_stability(**CONFIG, traces=False, out_dir=ROOT / "data" / NAME, progress=print)
+    render_eos(ROOT / "data" / NAME, ROOT / f"{NAME}.png")
     for r in res["runs"]:
         print(f"h={r['lr']:<5g} 2/h={r['threshold']:<6.4g} λ_max(0)={r['lambda_max_initial']:.3f} "
               f"settled median {r['settled_lambda_max']:.3f} (mean {r['mean_lambda_max']:.3f}) "

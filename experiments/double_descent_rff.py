@@ -13,8 +13,9 @@ from pathlib import Path
 
 from sgdreg.datasets import open_dataset
 from sgdreg.double_descent import feature_grid
-from sgdreg.experiment_figures import render_double_descent
-from sgdreg.experiments import rff_model_wise, rff_sample_wise, save_results, timed
+from sgdreg.experiments.double_descent import rff_model_wise, rff_sample_wise
+from sgdreg.plotting.double_descent import render_double_descent
+from sgdreg.results import save_results, timed
 
 NAME = "double_descent_rff"
 ROOT = Path(__file__).resolve().parents[1]

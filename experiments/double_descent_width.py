@@ -13,8 +13,9 @@ test error logged every epoch.
 from pathlib import Path
 
 from sgdreg.config import RunConfig
-from sgdreg.experiment_figures import render_double_descent
-from sgdreg.experiments import deep_epoch_wise, deep_model_wise, save_results, timed
+from sgdreg.experiments.double_descent import deep_epoch_wise, deep_model_wise
+from sgdreg.plotting.double_descent import render_double_descent
+from sgdreg.results import save_results, timed
 
 NAME = "double_descent_width"
 ROOT = Path(__file__).resolve().parents[1]

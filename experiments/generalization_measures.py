@@ -31,7 +31,8 @@ import shutil
 import time
 from pathlib import Path
 
-from sgdreg import generalization as gz
+from sgdreg.experiments import generalization as gz
+from sgdreg.plotting.generalization import ranking_table, render_generalization
 from sgdreg.trace import atomic_write_json, device_info, versions
 
 NAME = "generalization_measures"
@@ -82,13 +83,13 @@ def main():
         "runs_trained": sum(not r["reused"] for r in index["runs"]),
         "measures_computed": sum(r.get("cached") is False for r in table["runs"]),
         "device": device_info(), "versions": versions()})
-    files = gz.render_generalization(data, ROOT / "figures" / f"{name}.png")
+    files = render_generalization(data, ROOT / "figures" / f"{name}.png")
 
     print(f"\n{doc['num_kept']} of {doc['num_runs']} runs at train loss ≤ {STOP_LOSS}; "
           f"hyper-parameters {', '.join(doc['hyperparams'])}")
     for d in doc["discarded"]:
         print(f"  discarded {d['run_id']}: {d['reason']}")
-    cols, rows = gz.table(doc)
+    cols, rows = ranking_table(doc)
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join("–" if v is None else str(v) for v in r))

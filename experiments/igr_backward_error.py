@@ -9,14 +9,19 @@ GD↔modified-flow distance is O(h²) and the GD↔plain-flow distance O(h); EGR
     sgdreg igr --dataset digits --n-train 256 --width 32 --lr 0.2,0.1,0.05,0.025 --time 2 \
         --n-log 20
 
-Writes figures/data/igr_backward_error/results.json (+ traces/) and figures/igr_backward_error.png.
+Writes figures/data/igr_backward_error/igr_backward_error.json (+ traces/) and figures/igr_backward_error.png.
 """
 
 import time
 from pathlib import Path
 
-from sgdreg import igr
+import jax
+
 from sgdreg.config import RunConfig
+from sgdreg.experiments import igr
+from sgdreg.plotting.igr import render_backward_error
+
+jax.config.update("jax_enable_x64", True)  # the float64 checks need it, before any array
 
 NAME = "igr_backward_error"
 ROOT = Path(__file__).resolve().parents[1] / "figures"
@@ -29,7 +34,7 @@ def main():
     start = time.perf_counter()
     res = igr.backward_error_check(CONFIG, LRS, TIME, n_log=20, out_dir=ROOT / "data" / NAME,
                                    progress=print)
-    igr.render_backward_error(ROOT / "data" / NAME, ROOT / f"{NAME}.png")
+    render_backward_error(ROOT / "data" / NAME, ROOT / f"{NAME}.png")
     for r in res["rows"]:
         print(f"h={r['lr']:<6g} ‖GD−flow‖={r['dist_flow']:.3e} ‖GD−mod‖={r['dist_modified_flow']:.3e}"
               f" ratio={r['ratio']:.1f} ‖GD−EGR‖={r['dist_egr']:.3e} ‖GD−GD(s)‖="

@@ -8,15 +8,20 @@ test accuracy. Same as
 
     sgdreg igr --sweep
 
-Writes figures/data/igr_sweep/results.json (traces not kept: the results hold every number the
+Writes figures/data/igr_sweep/igr_sweep.json (traces not kept: the results hold every number the
 figure needs) and figures/igr_sweep.png.
 """
 
 import time
 from pathlib import Path
 
-from sgdreg import igr
+import jax
+
 from sgdreg.config import RunConfig
+from sgdreg.experiments import igr
+from sgdreg.plotting.igr import render_sweep
+
+jax.config.update("jax_enable_x64", True)  # the float64 checks need it, before any array
 
 NAME = "igr_sweep"
 ROOT = Path(__file__).resolve().parents[1] / "figures"
@@ -27,7 +32,7 @@ def main():
     start = time.perf_counter()
     res = igr.igr_sweep(CONFIG, igr.SWEEP_LRS, igr.SWEEP_WIDTHS, time=150.0, target_loss=0.03,
                         out_dir=ROOT / "data" / NAME, traces=False, progress=print)
-    igr.render_sweep(ROOT / "data" / NAME, ROOT / f"{NAME}.png")
+    render_sweep(ROOT / "data" / NAME, ROOT / f"{NAME}.png")
     for r in res["rows"]:
         f, m = r["final"], r["at_loss"] or {}
         print(f"{r['run_id']:<16} {r['status']:<10} final: L={f['train_loss']:.3g} "

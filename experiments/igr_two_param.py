@@ -8,13 +8,18 @@ a² − b², larger h (and EGR) land nearer the flattest minimum |a| = |b| = 1. 
 
     sgdreg igr --two-param
 
-Writes figures/data/igr_two_param/results.json (+ traces/) and figures/igr_two_param.png.
+Writes figures/data/igr_two_param/igr_two_param.json (+ traces/) and figures/igr_two_param.png.
 """
 
 import time
 from pathlib import Path
 
-from sgdreg import igr
+import jax
+
+from sgdreg.experiments import igr
+from sgdreg.plotting.igr import render_two_param
+
+jax.config.update("jax_enable_x64", True)  # the float64 checks need it, before any array
 
 NAME = "igr_two_param"
 ROOT = Path(__file__).resolve().parents[1] / "figures"
@@ -24,7 +29,7 @@ def main():
     start = time.perf_counter()
     res = igr.two_param_example(igr.TWO_PARAM_LRS, h_small=0.005, h_moderate=0.05, time=20.0,
                                 x=1.0, y=1.0, out_dir=ROOT / "data" / NAME, progress=print)
-    igr.render_two_param(ROOT / "data" / NAME, ROOT / f"{NAME}.png")
+    render_two_param(ROOT / "data" / NAME, ROOT / f"{NAME}.png")
     for k, p in res["paths"].items():
         print(f"{k:<14} (a, b) = ({p['final_a']:.4f}, {p['final_b']:.4f})  gap {p['final_gap']:.4f}")
     for g in res["gaps"]:

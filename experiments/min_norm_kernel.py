@@ -12,9 +12,10 @@ interpolant of the 4000 mnist5k digits with pixels in [0,1].
 from pathlib import Path
 
 from sgdreg.datasets import open_dataset
-from sgdreg.experiment_figures import render_kernel
-from sgdreg.experiments import min_norm_kernel, save_results, timed
+from sgdreg.experiments.kernel import min_norm_kernel
 from sgdreg.kernels import kernel_interpolate
+from sgdreg.plotting.kernel import render_kernel
+from sgdreg.results import save_results, timed
 
 NAME = "min_norm_kernel"
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from sgdreg.config import RunConfig
 from sgdreg.datasets import open_dataset
-from sgdreg.experiment_figures import render_expressivity
-from sgdreg.experiments import expressivity_test, save_results, timed
+from sgdreg.experiments.zhang import expressivity_test
+from sgdreg.plotting.zhang import render_expressivity
+from sgdreg.results import save_results, timed
 
 NAME = "zhang_expressivity"
 ROOT = Path(__file__).resolve().parents[1]

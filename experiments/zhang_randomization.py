@@ -13,14 +13,9 @@ labels fit well inside the budget.
 from pathlib import Path
 
 from sgdreg.config import RunConfig
-from sgdreg.experiment_figures import render_randomization
-from sgdreg.experiments import (
-    CORRUPTIONS,
-    INPUT_RANDOMIZATIONS,
-    randomization_test,
-    save_results,
-    timed,
-)
+from sgdreg.experiments.zhang import CORRUPTIONS, INPUT_RANDOMIZATIONS, randomization_test
+from sgdreg.plotting.zhang import render_randomization
+from sgdreg.results import save_results, timed
 
 NAME = "zhang_randomization"
 ROOT = Path(__file__).resolve().parents[1]

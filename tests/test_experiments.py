@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 from sgdreg_cli.main import main
 
-from sgdreg import experiments as ex
+from sgdreg import results
 from sgdreg.config import ConfigError, RunConfig
-from sgdreg.experiment_figures import render_double_descent, render_randomization
+from sgdreg.experiments import double_descent as dd
+from sgdreg.experiments import zhang
+from sgdreg.plotting.double_descent import render_double_descent
+from sgdreg.plotting.zhang import render_randomization
 from sgdreg.trace import load_trace
 
 # Randomization tests at toy scale: 300 digits, the default MLP (width 128), SGD with momentum.
@@ -21,7 +24,7 @@ RANDOMIZE = ["randomize", "--n-train", "300", "--epochs", "60", "--corruptions",
 
 def _results(path, name):
     doc = json.loads((path / f"{name}.json").read_text())
-    assert doc["schema"] == ex.SCHEMA and doc["experiment"] == name
+    assert doc["schema"] == results.SCHEMA and doc["experiment"] == name
     return doc["results"]
 
 
@@ -60,7 +63,7 @@ def test_randomization_fitting_time_grows_with_p_on_all_digits():
     (measured 7.5, 41.5, 44, 54.5, 63.5, 64 epochs for p = 0, .2, …, 1)."""
     cfg = RunConfig(width=128, optimizer="momentum", lr=0.05, batch_size=32, steps=100 * 44,
                     log_every=44)
-    res = ex.randomization_test(cfg, inputs=(), seeds=(0, 1))
+    res = zhang.randomization_test(cfg, inputs=(), seeds=(0, 1))
     steps = [r["steps_to_fit"] for r in res["table"]]
     assert all(r["all_fit"] for r in res["table"])
     assert steps == sorted(steps) and steps[-1] > 3 * steps[0]
@@ -76,17 +79,17 @@ def test_randomization_traces_and_figure_from_stored_results(randomized, tmp_pat
 
 
 def test_randomization_variants_and_table():
-    v = ex.randomization_variants([0.4, 0, 1], ["gaussian"])
+    v = zhang.randomization_variants([0.4, 0, 1], ["gaussian"])
     assert [(x["variant"], x["kind"], x["p"]) for x in v] == [
         ("true labels", "none", 0.0), ("corrupt p=0.4", "label-corruption", 0.4),
         ("random labels", "random-labels", 1.0), ("gaussian", "gaussian", None)]
     with pytest.raises(ConfigError, match="--corruptions"):
-        ex.randomization_variants([1.5])
+        zhang.randomization_variants([1.5])
     with pytest.raises(ConfigError, match="--inputs"):
-        ex.randomization_variants([0], ["noise"])
+        zhang.randomization_variants([0], ["noise"])
     runs = [{"variant": "a", "kind": "none", "p": 0.0, "steps_to_fit": s, "relative_time": r,
              "test_error": e} for s, r, e in ((10, 1.0, 0.1), (None, None, 0.3))]
-    (row,) = ex.randomization_table(runs)
+    (row,) = zhang.randomization_table(runs)
     assert row["all_fit"] is False and row["steps_to_fit"] == 10 and row["test_error"] == 0.2
 
 
@@ -107,8 +110,8 @@ def test_expressivity_cli_exact_fit_with_2n_plus_d_weights(tmp_path):
 
 
 def test_matched_width():
-    assert ex.matched_width(2 * 200 + 64, 64, 10) == 6  # 6·65 + 7·10 = 460 parameters
-    assert ex.matched_width(10, 64, 10) == 1
+    assert zhang.matched_width(2 * 200 + 64, 64, 10) == 6  # 6·65 + 7·10 = 460 parameters
+    assert zhang.matched_width(10, 64, 10) == 1
 
 
 # --- Zhang et al. 2017, §5: minimum-norm interpolation --------------------------------------------
@@ -149,7 +152,7 @@ def test_double_descent_rff_cli_peak_at_interpolation_threshold(tmp_path):
                  "--features", "20,60,120,200,400,800,2000", "--seeds", "0,1,2",
                  "--out", str(out)]) == 0
     res = _results(out, "double_descent_rff")
-    assert res["sigma"] == pytest.approx(ex.rff_bandwidth(_unit_digits(n)))
+    assert res["sigma"] == pytest.approx(dd.rff_bandwidth(_unit_digits(n)))
     by_N = {r["N"]: r for r in res["mean"]}
     assert by_N[n]["test_error"] >= 3 * by_N[10 * n]["test_error"]
     assert max(res["mean"], key=lambda r: r["norm"])["N"] == n
@@ -220,8 +223,8 @@ def test_bad_values_exit_2_and_write_nothing(tmp_path, args):
 def test_load_results_rejects_other_files(tmp_path):
     (tmp_path / "kernel.json").write_text(json.dumps({"schema": "other"}))
     with pytest.raises(ValueError, match="not an sgdreg results file"):
-        ex.load_results(tmp_path, "kernel")
+        results.load_results(tmp_path, "kernel")
     with pytest.raises(FileNotFoundError, match="run the experiment first"):
-        ex.load_results(tmp_path, "randomization")
-    path = ex.save_results(tmp_path, "x", {"a": 1}, {"v": [np.float32(0.5), float("nan")]}, 1.0)
-    assert ex.load_results(tmp_path, "x") == {"v": [0.5, None]} and path.name == "x.json"
+        results.load_results(tmp_path, "randomization")
+    path = results.save_results(tmp_path, "x", {"a": 1}, {"v": [np.float32(0.5), float("nan")]}, 1.0)
+    assert results.load_results(tmp_path, "x") == {"v": [0.5, None]} and path.name == "x.json"

@@ -6,6 +6,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from sgdreg import double_descent as dd
+from sgdreg import kernels
 from sgdreg.data import Dataset, split
 from sgdreg.expressivity import expressivity_report, fit_two_layer_relu
 from sgdreg.kernels import (
@@ -146,7 +147,7 @@ def test_min_norm_least_squares_is_pinv(N):
 
 def test_chunked_sweep_agrees_with_direct_fit(monkeypatch):
     ds = _digits(n_train=60, n_test=50)
-    monkeypatch.setattr(dd, "_CHUNK_ELEMENTS", 1000)  # force many feature/test blocks
+    monkeypatch.setattr(kernels, "_CHUNK_ELEMENTS", 1000)  # force many feature/test blocks
     rows = dd.rff_double_descent(ds, [30, 200], seeds=[4], sigma=DIGITS_SIGMA)
     Phi_all = dd.random_fourier_features(ds.x_train, 200, DIGITS_SIGMA, 4)  # nested features:
     Phi_t_all = dd.random_fourier_features(ds.x_test, 200, DIGITS_SIGMA, 4)  # N = first N of 200

@@ -16,9 +16,10 @@ import pytest
 from helpers import classification_dataset
 from sgdreg_cli.main import main
 
-from sgdreg import generalization as gz
 from sgdreg.config import RunConfig
-from sgdreg.correlation import granulated_psi
+from sgdreg.correlation import granulated_psi, psi_bootstrap
+from sgdreg.experiments import generalization as gz
+from sgdreg.experiments.kernel import dist_to_min_norm
 from sgdreg.models import LinearModel
 
 # lr 0.01 cannot reach L* = 0.5 in 40 steps: those two runs must be discarded and reported
@@ -148,7 +149,7 @@ def test_psi_bootstrap_against_loops_and_granulated_psi():
     df.loc[[3, 7], "mu"] = np.nan
     df.loc[5, "mu"] = df.loc[6, "mu"]  # a tie
     idx = np.vstack([np.arange(n), rng.integers(0, n, size=(10, n))])
-    got = gz.psi_bootstrap(df, "mu", "gap", ["lr", "width"], ["seed"], idx)
+    got = psi_bootstrap(df, "mu", "gap", ["lr", "width"], ["seed"], idx)
     for i, rows in enumerate(idx):
         want = brute_psi(df, np.bincount(rows, minlength=n), ["lr", "width"], ["seed"])
         assert got[i] == pytest.approx(want, abs=1e-12, nan_ok=True)
@@ -163,11 +164,11 @@ def test_dist_to_min_norm_only_for_linear_mse_with_d_at_least_n():
     model = LinearModel(8, 3, key=jax.random.key(0), dtype=np.float64)
     exact = eqx.tree_at(lambda m: m.linear.weight, model, np.asarray(w_star.T))
     cfg = RunConfig(model="linear", loss="mse")
-    assert gz.dist_to_min_norm(exact, cfg, ds) == pytest.approx(0.0, abs=1e-10)
-    assert gz.dist_to_min_norm(model, cfg, ds) > 0.1
-    assert gz.dist_to_min_norm(exact, cfg.replace(loss="ce"), ds) is None
+    assert dist_to_min_norm(exact, cfg, ds) == pytest.approx(0.0, abs=1e-10)
+    assert dist_to_min_norm(model, cfg, ds) > 0.1
+    assert dist_to_min_norm(exact, cfg.replace(loss="ce"), ds) is None
     wide = classification_dataset(n=12, d=8, k=3)
-    assert gz.dist_to_min_norm(exact, cfg, wide) is None
+    assert dist_to_min_norm(exact, cfg, wide) is None
 
 
 @pytest.mark.slow

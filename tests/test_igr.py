@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from sgdreg_cli.main import main
 
-from sgdreg import igr
 from sgdreg.config import ConfigError, RunConfig
+from sgdreg.experiments import igr
 from sgdreg.trace import load_trace
 
 SMALL = dict(dataset="gmm", n_train=32, width=8)
@@ -55,7 +55,7 @@ def test_check_writes_valid_traces_from_one_theta0(check):
     assert len(docs) == 3 * len(LRS) + len(LRS) + 1
     assert len({d["metrics"]["train_loss"][0] for d in docs}) == 1  # identical θ0
     assert all(d["metrics"]["proj"][0] == [0.0, 0.0] for d in docs)
-    stored = igr.read_results(out)
+    stored = igr.read_results(out, igr.BACKWARD_ERROR)
     assert stored["orders"] == pytest.approx(res["orders"])
     s = stored["series"]["0.1"]
     assert len(s["t"]) == len(s["dist_flow"]) == len(s["proj"]["gd"][0]) == 5
@@ -95,7 +95,7 @@ def test_cli_two_param_gap_shrinks_with_h(tmp_path, capsys):
     assert gaps[0] > gaps[1] > gaps[2]  # larger h lands nearer |a| = |b|
     assert all(g["gd_loss"] < 1e-12 for g in res["gaps"])  # on the minima ab = y/x
     assert res["flow_conservation"] < 1e-6  # the flow conserves a² − b²
-    paths = igr.read_results(out)["paths"]
+    paths = igr.read_results(out, igr.TWO_PARAM)["paths"]
     flow_gap = paths["flow"]["final_gap"]
     assert paths["gd_small"]["final_gap"] == pytest.approx(flow_gap, abs=0.05)
     assert paths["egr"]["final_gap"] < paths["gd_small"]["final_gap"] - 0.02
@@ -117,7 +117,7 @@ def test_cli_check_writes_results_traces_and_figure(check, tmp_path, capsys):
         assert "dist_egr" not in r
     assert (out / "backward_error.png").stat().st_size > 1000
     assert (out / "backward_error.svg").is_file()
-    assert (out / "results.json").is_file()
+    assert (out / f"{igr.BACKWARD_ERROR}.json").is_file()
     assert len(list((out / "traces").glob("*.json"))) == 6
 
 

@@ -86,11 +86,13 @@ def granulated_psi(
     return (float(np.mean(valid)) if valid else float("nan")), psi_i
 
 
-def _resample_indices(n: int, num_resamples: int, seed: int) -> np.ndarray:
+def resample_indices(n: int, num_resamples: int, seed: int) -> np.ndarray:
+    """(num_resamples, n) run indices drawn with replacement (the bootstrap resamples)."""
     return np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
 
 
-def _percentile_ci(stats: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_ci(stats: np.ndarray, level: float) -> tuple[float, float]:
+    """The (1∓level)/2 percentiles of the non-NaN ``stats`` (NaN, NaN if there are none)."""
     stats = stats[~np.isnan(stats)]
     if stats.size == 0:
         return float("nan"), float("nan")
@@ -118,13 +120,58 @@ def bootstrap_ci(
     if n == 0:
         return float("nan"), float("nan")
     stats = []
-    for idx in _resample_indices(n, num_resamples, seed):
+    for idx in resample_indices(n, num_resamples, seed):
         if isinstance(runs, pd.DataFrame):
             sample = runs.iloc[idx].reset_index(drop=True)
         else:
             sample = [runs[i] for i in idx]
         stats.append(float(statistic_fn(sample)))
-    return _percentile_ci(np.asarray(stats, dtype=np.float64), level)
+    return percentile_ci(np.asarray(stats, dtype=np.float64), level)
+
+
+def psi_bootstrap(df: pd.DataFrame, measure: str, gap: str, hps: Sequence[str],
+                  group_by: Sequence[str], idx: np.ndarray) -> np.ndarray:
+    """Ψ over ``hps`` (groups: runs equal in the other hyper-parameters and ``group_by``) for
+    every resample of runs ``idx[i]``, without building the resampled tables.
+
+    A resample gives each run a count c_r. Within a group G, τ_G is the mean of
+    sign(μ_r−μ_s)·sign(g_r−g_s) over the pairs of resampled runs that are not copies of one run:
+    τ_G = cᵀSc/(m² − Σc²), m = Σ_G c over runs with a measure and gap. Copies are left out
+    rather than counted as ties: with the few runs per group of a grid (two, for two values
+    and nothing else varying), ties would pull every resampled τ_G toward 0 (a group sampled
+    as (2, 1) would give ⅔τ) and the CI would miss Ψ. With every c_r = 1 this is
+    ``granulated_psi``. A group is used when its resampled runs show ≥ 2 values of the
+    hyper-parameter and ≥ 2 distinct runs have a measure and gap.
+    """
+    n = len(df)
+    counts = np.zeros((len(idx), n))
+    np.add.at(counts, (np.repeat(np.arange(len(idx)), n), np.asarray(idx).reshape(-1)), 1.0)
+    m = pd.to_numeric(df[measure], errors="coerce").to_numpy(float)
+    g = pd.to_numeric(df[gap], errors="coerce").to_numpy(float)
+    ok = ~(np.isnan(m) | np.isnan(g))
+    s = np.where(ok[:, None] & ok[None, :],
+                 _sign_diff(m0 := np.nan_to_num(m), m0) * _sign_diff(g0 := np.nan_to_num(g), g0), 0.0)
+    valid_counts = counts * ok
+    psi = np.full((len(idx), len(hps)), np.nan)
+    keys = [*hps, *group_by]
+    for j, hp in enumerate(hps):
+        others = [k for k in keys if k != hp]
+        groups = (df.groupby(others, dropna=False, sort=False).indices.values() if others
+                  else [np.arange(n)])
+        codes = pd.factorize(df[hp].astype(str), use_na_sentinel=False)[0]
+        total, used = np.zeros(len(idx)), np.zeros(len(idx))
+        for members in groups:
+            c, cv = counts[:, members], valid_counts[:, members]
+            values = np.stack([c[:, codes[members] == u].sum(1) > 0
+                               for u in np.unique(codes[members])], 1).sum(1)
+            pairs = cv.sum(1) ** 2 - (cv**2).sum(1)  # ordered pairs of distinct runs
+            num = np.einsum("rg,gh,rh->r", cv, s[np.ix_(members, members)], cv)
+            use = (values >= 2) & (pairs > 0)
+            total += np.where(use, num / np.maximum(pairs, 1), 0.0)
+            used += use
+        psi[:, j] = np.where(used > 0, total / np.maximum(used, 1), np.nan)
+    valid = ~np.isnan(psi)
+    return np.where(valid.any(1), np.nansum(psi, 1) / np.maximum(valid.sum(1), 1), np.nan)
 
 
 def rank_measures(
@@ -149,7 +196,7 @@ def rank_measures(
     if missing:
         raise KeyError(f"runs have no column(s) {', '.join(missing)}")
     g_all = _numeric(df[gap])
-    idx = _resample_indices(len(df), num_resamples, seed) if len(df) else np.zeros((0, 0), int)
+    idx = resample_indices(len(df), num_resamples, seed) if len(df) else np.zeros((0, 0), int)
     rows = []
     for name in measures:
         m_all = _numeric(df[name])
@@ -162,7 +209,7 @@ def rank_measures(
         rows.append({
             "measure": name,
             "tau": kendall_tau(m_all, g_all),
-            "tau_ci": list(_percentile_ci(boot, level)),
+            "tau_ci": list(percentile_ci(boot, level)),
             "psi": psi,
             "psi_per_hp": psi_per_hp,
             "n_runs": used,

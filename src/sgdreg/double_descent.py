@@ -16,15 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .data import Dataset
-from .kernels import _error, _flatten, _targets
-
-_CHUNK_ELEMENTS = 2**22  # feature block size (rows × features), 32 MiB in float64
+from .kernels import flatten_inputs, prediction_error, rows_per_chunk, target_matrix
 
 
 def random_fourier_features(x: np.ndarray, num_features: int, sigma: float, key) -> np.ndarray:
     """Φ (n, N) with φ(x) = √(2/N)·cos(⟨v,x⟩ + b), v ~ N(0, σ⁻²I), b ~ U[0, 2π) (Rahimi & Recht
     2007). ``key`` (JAX key or int seed) draws the same v, b as ``RandomFeatures(bandwidth=σ)``."""
-    x = _flatten(x)
+    x = flatten_inputs(x)
     V, b = _rff_params(x.shape[1], num_features, sigma, key)
     return _rff(x, V, b)
 
@@ -55,8 +53,8 @@ def rff_double_descent(ds: Dataset, num_features: list[int], seeds: list[int], s
     one JAX draw and varies only N. For N ≥ n the fit runs on n×n Gram blocks accumulated over
     feature chunks, so N ≫ n is cheap in memory. The interpolation threshold is N = n.
     """
-    X, Xt = _flatten(ds.x_train), _flatten(ds.x_test)
-    Y, Yt = _targets(ds.y_train, ds.num_classes), _targets(ds.y_test, ds.num_classes)
+    X, Xt = flatten_inputs(ds.x_train), flatten_inputs(ds.x_test)
+    Y, Yt = target_matrix(ds.y_train, ds.num_classes), target_matrix(ds.y_test, ds.num_classes)
     rows = []
     for seed in seeds:
         V_all, b_all = _rff_params(X.shape[1], max(num_features), sigma, seed)
@@ -64,10 +62,10 @@ def rff_double_descent(ds: Dataset, num_features: list[int], seeds: list[int], s
             pred, test_pred, norm = _fit_rff(X, Y, Xt, V_all[:N], b_all[:N], rcond)
             rows.append({
                 "N": int(N), "seed": seed, "n": len(X), "sigma": sigma,
-                "train_error": _error(pred, ds.y_train, ds.num_classes),
-                "test_error": _error(test_pred, ds.y_test, ds.num_classes),
-                "train_mse": _error(pred, ds.y_train, 0, Y),
-                "test_mse": _error(test_pred, ds.y_test, 0, Yt), "norm": norm,
+                "train_error": prediction_error(pred, ds.y_train, ds.num_classes),
+                "test_error": prediction_error(test_pred, ds.y_test, ds.num_classes),
+                "train_mse": prediction_error(pred, ds.y_train, 0, Y),
+                "test_mse": prediction_error(test_pred, ds.y_test, 0, Yt), "norm": norm,
             })
     return sorted(rows, key=lambda r: r["N"])  # stable: seeds keep their order within each N
 
@@ -101,11 +99,11 @@ def _fit_rff(X, Y, Xt, V, b, rcond):
     if N < n:
         Phi = _rff(X, V, b)
         a = min_norm_least_squares(Phi, Y, rcond)
-        test_pred = np.concatenate([_rff(Xt[i:i + _chunk(N)], V, b) @ a
-                                    for i in range(0, len(Xt), _chunk(N))])
+        test_pred = np.concatenate([_rff(Xt[i:i + rows_per_chunk(N)], V, b) @ a
+                                    for i in range(0, len(Xt), rows_per_chunk(N))])
         return Phi @ a, test_pred, float(np.linalg.norm(a))
     G, C = np.zeros((n, n)), np.zeros((len(Xt), n))
-    step = _chunk(n + len(Xt))
+    step = rows_per_chunk(n + len(Xt))
     for j in range(0, N, step):  # φ-blocks: the √(2/N) scale uses the total N
         P = np.sqrt(2.0 / N) * np.cos(X @ V[j:j + step].T + b[j:j + step])
         Pt = np.sqrt(2.0 / N) * np.cos(Xt @ V[j:j + step].T + b[j:j + step])
@@ -126,14 +124,14 @@ def _psd_pinv_solve(G, B, rcond):
 
 def _rff_params(d, N, sigma, key):
     """v (N, d) and b (N,) as drawn by ``models.RandomFeatures(kind="fourier")`` for this key."""
-    kv, kb, _ = jax.random.split(_as_key(key), 3)
+    kv, kb, _ = jax.random.split(as_key(key), 3)
     dtype = jnp.zeros(()).dtype
     V = np.asarray(jax.random.normal(kv, (N, d), dtype), dtype=np.float64) / sigma
     b = np.asarray(jax.random.uniform(kb, (N,), dtype, 0.0, 2 * math.pi), dtype=np.float64)
     return V, b
 
 
-def _as_key(key_or_seed):
+def as_key(key_or_seed):
     """A JAX PRNG key from an int seed (``jax.random.PRNGKey``) or the key itself."""
     if isinstance(key_or_seed, (int, np.integer)):
         return jax.random.PRNGKey(int(key_or_seed))
@@ -142,8 +140,4 @@ def _as_key(key_or_seed):
 
 def _rff(x, V, b):
     return np.sqrt(2.0 / len(V)) * np.cos(x @ V.T + b)
-
-
-def _chunk(width):
-    return max(1, _CHUNK_ELEMENTS // max(width, 1))
 

@@ -14,8 +14,8 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from .data import Dataset, subsample
-from .double_descent import _as_key
-from .kernels import _flatten
+from .double_descent import as_key
+from .kernels import flatten_inputs
 from .randomization import randomize
 
 LABELS = ("random", "true")
@@ -37,7 +37,7 @@ class TwoLayerReLUFit:
 
     def __call__(self, z: np.ndarray) -> np.ndarray:
         """c(z) for a batch z (m, *shape): (m,) or (m, k)."""
-        x = _flatten(z) @ self.a
+        x = flatten_inputs(z) @ self.a
         return np.maximum(x[:, None] - self.b[None, :], 0.0) @ self.w
 
 
@@ -48,14 +48,14 @@ def fit_two_layer_relu(z: np.ndarray, y: np.ndarray, key_or_seed=0) -> TwoLayerR
     median gap below the minimum); A_ij = max(x_(i) − b_j, 0) is lower triangular with positive
     diagonal; A w = y by forward substitution. ``key_or_seed``: a JAX key or an int seed for a.
     """
-    z = _flatten(z)
+    z = flatten_inputs(z)
     y = np.asarray(y, dtype=np.float64)
     n, d = z.shape
     if y.shape[0] != n:
         raise ValueError(f"got {n} points but {y.shape[0]} labels")
     if len(np.unique(z, axis=0)) < n:
         raise ValueError("duplicate points: Theorem 1 needs n distinct inputs; remove duplicates")
-    key = _as_key(key_or_seed)
+    key = as_key(key_or_seed)
     for k in jax.random.split(key, 8):  # redraw a in the (measure-zero) event of tied projections
         a = np.asarray(jax.random.normal(k, (d,)), dtype=np.float64)
         x = z @ a
@@ -92,7 +92,7 @@ def expressivity_report(ds: Dataset, n: int | None = None, labels="random", seed
         y = np.asarray(labels)
         if y.shape[0] != ds.n_train:
             raise ValueError(f"got {y.shape[0]} labels for n = {ds.n_train} points")
-    z = _flatten(ds.x_train)
+    z = flatten_inputs(ds.x_train)
     fit = fit_two_layer_relu(z, y, seed)
     train_acc = None
     if ds.num_classes:

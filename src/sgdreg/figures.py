@@ -12,16 +12,16 @@ import importlib
 from pathlib import Path
 
 GALLERY: dict[str, str] = {
-    "igr_backward_error": "sgdreg.igr:render_backward_error",
-    "igr_two_param": "sgdreg.igr:render_two_param",
-    "igr_sweep": "sgdreg.igr:render_sweep",
-    "zhang_randomization": "sgdreg.experiment_figures:render_randomization",
-    "zhang_expressivity": "sgdreg.experiment_figures:render_expressivity",
-    "min_norm_kernel": "sgdreg.experiment_figures:render_kernel",
-    "double_descent_rff": "sgdreg.experiment_figures:render_double_descent",
-    "double_descent_width": "sgdreg.experiment_figures:render_double_descent",
-    "eos": "sgdreg.eos:render_eos",
-    "generalization_measures": "sgdreg.generalization:render_generalization",
+    "igr_backward_error": "sgdreg.plotting.igr:render_backward_error",
+    "igr_two_param": "sgdreg.plotting.igr:render_two_param",
+    "igr_sweep": "sgdreg.plotting.igr:render_sweep",
+    "zhang_randomization": "sgdreg.plotting.zhang:render_randomization",
+    "zhang_expressivity": "sgdreg.plotting.zhang:render_expressivity",
+    "min_norm_kernel": "sgdreg.plotting.kernel:render_kernel",
+    "double_descent_rff": "sgdreg.plotting.double_descent:render_double_descent",
+    "double_descent_width": "sgdreg.plotting.double_descent:render_double_descent",
+    "eos": "sgdreg.plotting.eos:render_eos",
+    "generalization_measures": "sgdreg.plotting.generalization:render_generalization",
 }
 
 

@@ -16,12 +16,12 @@ from .data import Dataset, preprocess
 from .randomization import randomize
 
 KERNELS = ("linear", "rbf")
-_CHUNK_ELEMENTS = 2**22  # test-kernel block size (n_test rows × n_train), 32 MiB in float64
+_CHUNK_ELEMENTS = 2**22  # block size (rows × columns) of kernel/feature blocks, 32 MiB in float64
 
 
 def min_norm_interpolant(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     """w = Xᵀ(XXᵀ)⁻¹y, the minimum-ℓ2 solution of Xw = y for d ≥ n (Zhang et al. 2017 §5)."""
-    X = _flatten(X)
+    X = flatten_inputs(X)
     n, d = X.shape
     if n > d:
         raise ValueError(
@@ -39,13 +39,13 @@ def min_norm_interpolant(X: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def linear_kernel(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """k(a, b) = ⟨a, b⟩ on flattened inputs: (m, p)."""
-    return _flatten(A) @ _flatten(B).T
+    return flatten_inputs(A) @ flatten_inputs(B).T
 
 
 def rbf_kernel(A: np.ndarray, B: np.ndarray, bandwidth: float) -> np.ndarray:
     """k(a, b) = exp(−‖a − b‖² / (2·bandwidth²)), Gaussian kernel with length scale ``bandwidth``:
     the N → ∞ limit of ΦΦᵀ for random Fourier features with σ = bandwidth (Rahimi & Recht 2007)."""
-    A, B = _flatten(A), _flatten(B)
+    A, B = flatten_inputs(A), flatten_inputs(B)
     sq = np.sum(A**2, 1)[:, None] + np.sum(B**2, 1)[None, :] - 2.0 * (A @ B.T)
     return np.exp(-np.maximum(sq, 0.0) / (2.0 * bandwidth**2))
 
@@ -53,7 +53,7 @@ def rbf_kernel(A: np.ndarray, B: np.ndarray, bandwidth: float) -> np.ndarray:
 def median_distance(X: np.ndarray, max_points: int = 1000) -> float:
     """Median pairwise Euclidean distance among the first ``max_points`` rows: the default RBF
     bandwidth (the "median heuristic")."""
-    X = _flatten(X)[:max_points]
+    X = flatten_inputs(X)[:max_points]
     sq = np.sum(X**2, 1)[:, None] + np.sum(X**2, 1)[None, :] - 2.0 * (X @ X.T)
     iu = np.triu_indices(len(X), k=1)
     return float(np.median(np.sqrt(np.maximum(sq[iu], 0.0))))
@@ -90,7 +90,7 @@ def kernel_interpolate(ds: Dataset, kernel: str = "rbf", bandwidth: float | None
     """
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-    X, Xt = _flatten(ds.x_train), _flatten(ds.x_test)
+    X, Xt = flatten_inputs(ds.x_train), flatten_inputs(ds.x_test)
     n, d = X.shape
     if kernel == "linear" and n > d and reg == 0.0:
         raise ValueError(
@@ -105,7 +105,7 @@ def kernel_interpolate(ds: Dataset, kernel: str = "rbf", bandwidth: float | None
     else:
         bandwidth = None
         kfn = linear_kernel
-    Y = _targets(ds.y_train, ds.num_classes)
+    Y = target_matrix(ds.y_train, ds.num_classes)
     K = kfn(X, X)
     try:
         c = cho_factor(K + reg * np.eye(n), lower=True)
@@ -115,13 +115,13 @@ def kernel_interpolate(ds: Dataset, kernel: str = "rbf", bandwidth: float | None
         ) from err
     alpha = cho_solve(c, Y)
     test_pred = np.concatenate(
-        [kfn(Xt[i:i + _chunk(n)], X) @ alpha for i in range(0, len(Xt), _chunk(n))]
+        [kfn(Xt[i:i + rows_per_chunk(n)], X) @ alpha for i in range(0, len(Xt), rows_per_chunk(n))]
     ) if len(Xt) else np.zeros((0, Y.shape[1]))
     return KernelInterpolation(
         kernel=kernel, bandwidth=bandwidth, reg=float(reg), n=n, d=d,
         metric="0-1" if ds.num_classes else "mse",
-        train_error=_error(K @ alpha, ds.y_train, ds.num_classes),
-        test_error=_error(test_pred, ds.y_test, ds.num_classes),
+        train_error=prediction_error(K @ alpha, ds.y_train, ds.num_classes),
+        test_error=prediction_error(test_pred, ds.y_test, ds.num_classes),
         rkhs_norm=float(np.sqrt(max(np.sum(alpha * (K @ alpha)), 0.0))),
     )
 
@@ -152,7 +152,7 @@ def preprocessing_norm_table(ds: Dataset, preprocessings=("unit", "standardize")
     return rows
 
 
-def _targets(y: np.ndarray, num_classes: int) -> np.ndarray:
+def target_matrix(y: np.ndarray, num_classes: int) -> np.ndarray:
     """One-hot (n, K) for integer classes, float (n, k) targets otherwise."""
     if num_classes:
         return np.eye(num_classes)[np.asarray(y, dtype=int)]
@@ -160,21 +160,23 @@ def _targets(y: np.ndarray, num_classes: int) -> np.ndarray:
     return y.reshape(len(y), -1)
 
 
-def _error(pred: np.ndarray, y: np.ndarray, num_classes: int, targets=None) -> float:
+def prediction_error(pred: np.ndarray, y: np.ndarray, num_classes: int, targets=None) -> float:
     """0–1 error of argmax for classes (``num_classes`` > 0); otherwise the MSE against ``targets``
     (default: y as float targets), summed over outputs and averaged over examples."""
     if len(pred) == 0:
         return float("nan")
     if num_classes:
         return float(np.mean(np.argmax(pred, 1) != np.asarray(y)))
-    targets = _targets(y, 0) if targets is None else targets
+    targets = target_matrix(y, 0) if targets is None else targets
     return float(np.mean(np.sum((pred - targets) ** 2, 1)))
 
 
-def _chunk(n_train: int) -> int:
-    return max(1, _CHUNK_ELEMENTS // max(n_train, 1))
+def rows_per_chunk(width: int) -> int:
+    """Rows per block so that a (rows × ``width``) float64 block stays near 32 MiB."""
+    return max(1, _CHUNK_ELEMENTS // max(width, 1))
 
 
-def _flatten(X) -> np.ndarray:
+def flatten_inputs(X) -> np.ndarray:
+    """Inputs as a float64 (n, d) matrix (images flattened)."""
     X = np.asarray(X, dtype=np.float64)
     return X.reshape(X.shape[0], -1)

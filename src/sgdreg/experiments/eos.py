@@ -10,30 +10,31 @@ non-monotonically. Heavy ball caps at 2(1+β)/h, Nesterov at (2+2β)/((1+2β)h)
 * ``run_edge_of_stability``: GD (or momentum/Nesterov) for several h from one θ0, plus the flow;
   per h the threshold, the λ_max series, its settled value over the last part of training and
   the ratio to the threshold, the number of loss increases.
-* ``render_eos``: the figure from the stored results (never re-training).
+The figure is ``sgdreg.plotting.eos.render_eos`` (from the stored results only).
 """
 
 from __future__ import annotations
 
 import math
 import time as _time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from . import curvature as cv
-from . import training
-from .config import ConfigError, RunConfig, validate
-from .data import Dataset
-from .probes import eos_threshold
+from .. import curvature as cv
+from .. import training
+from ..config import ConfigError, RunConfig, validate
+from ..data import Dataset
+from ..probes import eos_threshold
+from ..results import load_document, save_results, sig
+from ._common import Progress
 
 EXPERIMENT = "eos"  # results stored as <out_dir>/eos.json (schema sgdreg.results/1)
 EOS_OPTIMIZERS = ("gd", "momentum", "nesterov")
 MODEL = dict(model="mlp", activation="tanh", loss="mse")
-Progress = Callable[[str], None]
 
 
 class SharpnessProbe:
@@ -118,16 +119,13 @@ def eos_configs(lrs: Sequence[float], base: RunConfig, *, include_flow: bool = T
 
 
 def run_id(cfg: RunConfig) -> str:
+    """``<optimizer>_lr<h>``: within one EoS experiment the runs share seed and (full) batch and
+    differ only in optimizer and h, so the shorter name than ``training.run_id`` is unique."""
     return f"{cfg.optimizer}_lr{cfg.lr:g}"
 
 
 # ---------------------------------------------------------------------------------------------
 # Summaries of one run.
-
-
-def _sig(v, digits: int = 4):
-    """Round to significant digits for storage (None stays None)."""
-    return None if v is None else float(f"{v:.{digits}g}")
 
 
 def settle_start(total_steps: int, fraction: float) -> int:
@@ -181,8 +179,8 @@ def summarize_run(trace: dict, threshold: float | None, fraction: float) -> dict
         "loss_increases": loss_increases(loss), "loss_increases_settled": loss_increases(lw),
         "loss_comparisons": max(0, sum(v is not None for v in loss) - 1),
         "train_loss_final": loss[-1], "wall_time_s": trace.get("wall_time_s"),
-        "series": {"step": steps, "lambda_max": [_sig(v) for v in lam],
-                   "loss_step": m["step"], "train_loss": [_sig(v) for v in loss]},
+        "series": {"step": steps, "lambda_max": [sig(v) for v in lam],
+                   "loss_step": m["step"], "train_loss": [sig(v) for v in loss]},
     }
 
 
@@ -280,8 +278,6 @@ def run_edge_of_stability(
     }
     wall = _time.perf_counter() - start
     if out_dir is not None:
-        from .experiments import save_results
-
         results["traces"] = [f"traces/{r['run_id']}.json" for r in runs] if traces else []
         save_results(out_dir, EXPERIMENT, config, results, wall)
     return {"config": config, **results, "wall_time_s": wall}
@@ -289,77 +285,5 @@ def run_edge_of_stability(
 
 def read_eos(results_dir: str | Path) -> dict:
     """The stored ``eos.json``: its results with ``config`` and ``wall_time_s`` beside them."""
-    import json
-
-    from .experiments import load_results
-
-    results = load_results(results_dir, EXPERIMENT)  # checks the file and its schema
-    doc = json.loads((Path(results_dir) / f"{EXPERIMENT}.json").read_text())
-    return {"config": doc["config"], **results, "wall_time_s": doc["wall_time_s"]}
-
-
-# ---------------------------------------------------------------------------------------------
-# Figure (from the stored results only).
-
-
-def render_eos(results_dir: str | Path, out_path: str | Path) -> list[Path]:
-    """λ_max against t = k·h per h with its threshold dashed (and the flow, uncapped), the
-    training loss against t, and λ_max / threshold against the step (1 = the edge)."""
-    from .plots import _setup, save
-
-    plt, sns = _setup()
-    r = read_eos(results_dir)
-    cfg, runs, flow = r["config"], r["runs"], r["flow"]
-    colors = dict(zip([g["lr"] for g in runs], sns.color_palette("flare", len(runs))))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    opt = cfg["optimizer"]
-    name = {"gd": "GD", "momentum": "heavy ball", "nesterov": "Nesterov"}[opt]
-    thr_label = {"gd": "2/h", "momentum": "2(1+β)/h", "nesterov": "(2+2β)/((1+2β)h)"}[opt]
-    for g in runs:
-        c, s = colors[g["lr"]], g["series"]
-        t = np.array(s["step"]) * g["lr"]
-        label = f"{name} h={g['lr']:g}"
-        axes[0].plot(t, _none_nan(s["lambda_max"]), color=c, lw=1.3, label=label, zorder=3)
-        axes[0].axhline(g["threshold"], color=c, ls="--", lw=1)
-        axes[1].plot(np.array(s["loss_step"]) * g["lr"], _none_nan(s["train_loss"]), color=c,
-                     lw=1, label=label, zorder=3)
-        axes[2].plot(s["step"], np.array(_none_nan(s["lambda_max"])) / g["threshold"], color=c,
-                     lw=1.2, label=f"h={g['lr']:g}" + (f": settled {g['ratio']:.3f}"
-                                                       if g["ratio"] else f" ({g['status']})"))
-    if flow:
-        s = flow["series"]
-        for ax, key, step_key in ((axes[0], "lambda_max", "step"), (axes[1], "train_loss",
-                                                                    "loss_step")):
-            ax.plot(np.array(s[step_key]) * flow["lr"], _none_nan(s[key]), color="k", lw=2.2,
-                    alpha=0.75, zorder=1, label="gradient flow (under GD until its edge)")
-    t_max = max(g["t_end"] for g in runs)
-    if flow:  # the rise and the flow's contrast happen early; later the runs only hover
-        t_max = min(t_max, 2 * flow["t_end"])
-    axes[0].set(xlabel="time t = k·h", ylabel="sharpness λ_max(∇²L)",
-                title=f"λ_max rises to {thr_label} (dashed) and hovers", xlim=(0, t_max))
-    top = max(g["threshold"] for g in runs)
-    if flow and flow["lambda_max_peak"]:
-        top = max(top, flow["lambda_max_peak"])
-    axes[0].set_ylim(0, 1.15 * top)
-    axes[0].legend(fontsize=8)
-    axes[1].set(xlabel="time t = k·h", ylabel="training loss L", yscale="log", xlim=(0, t_max),
-                title="Loss keeps falling, non-monotonically")
-    axes[1].legend(fontsize=8)
-    axes[2].axhline(1, color="0.3", ls="--", lw=1)
-    axes[2].axhspan(0.9, 1.1, color="0.85", alpha=0.5, lw=0)
-    lo, hi = r["runs"][0]["settle_window"]
-    axes[2].axvspan(lo, hi, color="C0", alpha=0.07, lw=0)
-    axes[2].set(xlabel="step k", ylabel=f"λ_max / ({thr_label})", ylim=(0, 1.6),
-                title="Normalised (band ±10%; shaded: settling window)")
-    axes[2].legend(fontsize=8, loc="lower right")
-    ds, run = r["dataset"], cfg["run"]
-    fig.suptitle(f"Edge of stability: full-batch {name} on {ds['name']} (n={ds['n_train']}), "
-                 f"{run['model']} {run['width']}×{run['depth']} {run['activation']}, "
-                 f"{run['loss']}, {run['dtype']}, P={r['num_params']}"
-                 + (f", β={cfg['momentum']:g}" if opt != "gd" else ""), fontsize=10)
-    fig.tight_layout()
-    return save(fig, out_path)
-
-
-def _none_nan(values):
-    return [math.nan if v is None else v for v in values]
+    doc = load_document(results_dir, EXPERIMENT)  # checks the file and its schema
+    return {"config": doc["config"], **doc["results"], "wall_time_s": doc["wall_time_s"]}

@@ -1,47 +1,19 @@
-"""Figures from traces (never re-training): seaborn, one consistent style, PNG + SVG.
-
-Imported lazily by the CLI and figure scripts; the numerical core never imports this module.
-"""
+"""Figures of ``sgdreg compare`` (several traces from one θ0) and ``sgdreg hessian`` (the SLQ
+spectral density), from traces and stored estimates only."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-STYLE = {"context": "paper", "style": "whitegrid", "font_scale": 1.1}
-
-
-def _setup():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(**STYLE)
-    return plt, sns
-
-
-def save(fig, path: str | Path, svg: bool = True) -> list[Path]:
-    """Write ``path`` (PNG) and, with ``svg``, the same figure as SVG beside it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    out = [path]
-    if svg:
-        out.append(path.with_suffix(".svg"))
-        fig.savefig(out[-1], bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return out
+from .common import save, setup
 
 
 def traces_frame(traces: Sequence[dict]):
     """Long-form DataFrame of several traces, with a ``run`` label (optimizer, lr)."""
     import pandas as pd
 
-    from .trace import to_dataframe
+    from ..trace import to_dataframe
 
     frames = []
     for doc in traces:
@@ -62,7 +34,7 @@ COMPARE_PANELS = (
 
 def compare_figure(traces: Sequence[dict], path: str | Path, svg: bool = False) -> list[Path]:
     """Training loss, test accuracy (or loss), ‖∇L‖² and distance from init against t = k·h."""
-    plt, sns = _setup()
+    plt, sns = setup()
     df = traces_frame(traces)
     panels = [p for p in COMPARE_PANELS if (df["metric"] == p[0]).any()]
     if not (df["metric"] == "test_acc").any():
@@ -83,14 +55,14 @@ def spectral_density_figure(nodes, weights, path, sigma: float | None = None,
     node range), on a linear and a log scale; returns the files and the σ used."""
     import numpy as np
 
-    from .curvature import slq_density
+    from ..curvature import slq_density
 
     nodes, weights = np.asarray(nodes, float), np.asarray(weights, float)
     lo, hi = float(nodes.min()), float(nodes.max())
     sigma = float(sigma) if sigma else max(0.01 * (hi - lo), 1e-8)
     grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, 1000)
     phi = np.asarray(slq_density(nodes, weights, grid, sigma))
-    plt, _ = _setup()
+    plt, _ = setup()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     axes[0].plot(grid, phi)
     axes[1].semilogy(grid, np.maximum(phi, 1e-12))

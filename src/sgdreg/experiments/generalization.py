@@ -48,9 +48,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .correlation import _resample_indices, granulated_psi, rank_measures
-from .trace import SCHEMA as TRACE_SCHEMA
-from .trace import atomic_write_json, to_json_value, validate_trace
+from ..correlation import granulated_psi, percentile_ci, psi_bootstrap, rank_measures, resample_indices
+from ..errors import SgdregError
+from ..trace import SCHEMA as TRACE_SCHEMA
+from ..trace import atomic_write_json, to_json_value, validate_trace
+from ._common import Progress, say
+from .kernel import dist_to_min_norm
 
 MEASURES_FILE = "measures.json"
 CORRELATION_FILE = "correlation.json"
@@ -72,10 +75,9 @@ LAYER_PREFIXES = ("spectral_norm_", "frobenius_norm_", "dist_fro_init_", "dist_s
 NOT_RANKED = ("margin", "path_norm_sqrt", "pacbayes_sigma", "pacbayes_mag_sigma",
               "sharpness_radius", "mag_sharpness_radius")
 FAMILIES = ("norm", "margin", "flatness", "curvature", "implicit reg.", "optimization")
-Progress = Callable[[str], None]
 
 
-class StudyError(ValueError):
+class StudyError(SgdregError, ValueError):
     """A run directory that cannot be studied; the message is one line saying why."""
 
 
@@ -188,24 +190,6 @@ def trace_measures(doc: dict, target: float | None) -> dict[str, float]:
 # ---------------------------------------------------------------- measures of one run
 
 
-def dist_to_min_norm(model, cfg, dataset) -> float | None:
-    """‖W−W*‖_F/‖W*‖_F, W* the min-norm interpolant (Zhang et al. 2017 §5), for a linear model
-    trained with MSE on d ≥ n examples (``experiments.MinNormDistance``); None otherwise."""
-    from .experiments import MinNormDistance
-    from .kernels import _flatten, _targets, min_norm_interpolant
-
-    if cfg.model != "linear" or cfg.loss != "mse":
-        return None
-    x = _flatten(dataset.x_train)
-    if x.shape[0] > x.shape[1]:
-        return None
-    try:
-        w_star = min_norm_interpolant(x, _targets(dataset.y_train, dataset.num_classes)).T
-    except ValueError:  # XXᵀ singular: no exact interpolant
-        return None
-    return MinNormDistance(w_star, 1)(model, None)["dist_to_min_norm"]
-
-
 class _Data:
     """Datasets by ``sweep.data_key``: loaded once per distinct source/randomization/seed."""
 
@@ -213,8 +197,8 @@ class _Data:
         self.cache: dict[tuple, Any] = {}
 
     def __call__(self, cfg):
-        from .sweep import data_key
-        from .training import load_data
+        from ..sweep import data_key
+        from ..training import load_data
 
         key = data_key(cfg)
         if key not in self.cache:
@@ -228,10 +212,10 @@ def run_measures(files: RunFiles, doc: dict, target: float | None, options: dict
     not belong to its trace."""
     import jax
 
-    from .checkpoint import load_model
-    from .config import RunConfig
-    from .measures import compute_measures
-    from .training import build
+    from ..checkpoint import load_model
+    from ..config import RunConfig
+    from ..measures import compute_measures
+    from ..training import build
 
     try:
         cfg = RunConfig(**doc["config"])
@@ -245,7 +229,7 @@ def run_measures(files: RunFiles, doc: dict, target: float | None, options: dict
     s = build(cfg, ds)
     tm = trace_measures(doc, target)
     if options["curvature"]:
-        from .probes import measure_curvature
+        from ..probes import measure_curvature
 
         c = measure_curvature(model, cfg, ds, seed=options["seed"])
         tm |= {k: c[k] for k in TRACE_CURVATURE if c.get(k) is not None}
@@ -317,7 +301,7 @@ def measure_table(run_dir: str | Path, *, target_loss: float | None = None,
         if hit is not None and hit.get("fingerprint") == fp:
             row |= {"fingerprint": fp, "measures": hit["measures"], "cached": True,
                     "measure_time_s": hit.get("measure_time_s")}
-            _say(progress, f"measures {i + 1}/{len(kept)} {row['run_id']}: cached")
+            say(progress, f"measures {i + 1}/{len(kept)} {row['run_id']}: cached")
             continue
         start = time.perf_counter()
         try:
@@ -328,7 +312,7 @@ def measure_table(run_dir: str | Path, *, target_loss: float | None = None,
             row["discarded"] = f"unreadable model file: {e}"
         row |= {"fingerprint": fp, "cached": False,
                 "measure_time_s": time.perf_counter() - start}
-        _say(progress, f"measures {i + 1}/{len(kept)} {row['run_id']}: "
+        say(progress, f"measures {i + 1}/{len(kept)} {row['run_id']}: "
                        f"{row['measure_time_s']:.1f} s" + (f" — discarded: {row['discarded']}"
                                                            if row["discarded"] else ""))
         atomic_write_json(run_dir / MEASURES_FILE, doc, indent=None)
@@ -347,11 +331,6 @@ def _check_usable(rows: list[dict], target: float | None, gap: str | None) -> No
         other = [g for g in GAPS if g != gap][0]
         raise StudyError(f"--gap {gap}: the runs have no {gap} (regression has no accuracy); "
                          f"use --gap {other}")
-
-
-def _say(progress: Progress | None, text: str) -> None:
-    if progress:
-        progress(text)
 
 
 # ---------------------------------------------------------------- ranking
@@ -407,63 +386,6 @@ def frame(rows: Sequence[dict], hps: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame.from_records(recs)
 
 
-def _sign_table(v: np.ndarray) -> np.ndarray:
-    return np.sign(v[:, None] - v[None, :])
-
-
-def psi_bootstrap(df: pd.DataFrame, measure: str, gap: str, hps: Sequence[str],
-                  group_by: Sequence[str], idx: np.ndarray) -> np.ndarray:
-    """Ψ over ``hps`` (groups: runs equal in the other hyper-parameters and ``group_by``) for
-    every resample of runs ``idx[i]``, without building the resampled tables.
-
-    A resample gives each run a count c_r. Within a group G, τ_G is the mean of
-    sign(μ_r−μ_s)·sign(g_r−g_s) over the pairs of resampled runs that are not copies of one run:
-    τ_G = cᵀSc/(m² − Σc²), m = Σ_G c over runs with a measure and gap. Copies are left out
-    rather than counted as ties: with the few runs per group of a grid (two, for two values
-    and nothing else varying), ties would pull every resampled τ_G toward 0 (a group sampled
-    as (2, 1) would give ⅔τ) and the CI would miss Ψ. With every c_r = 1 this is
-    ``granulated_psi``. A group is used when its resampled runs show ≥ 2 values of the
-    hyper-parameter and ≥ 2 distinct runs have a measure and gap.
-    """
-    n = len(df)
-    counts = np.zeros((len(idx), n))
-    np.add.at(counts, (np.repeat(np.arange(len(idx)), n), np.asarray(idx).reshape(-1)), 1.0)
-    m = pd.to_numeric(df[measure], errors="coerce").to_numpy(float)
-    g = pd.to_numeric(df[gap], errors="coerce").to_numpy(float)
-    ok = ~(np.isnan(m) | np.isnan(g))
-    s = np.where(ok[:, None] & ok[None, :],
-                 _sign_table(np.nan_to_num(m)) * _sign_table(np.nan_to_num(g)), 0.0)
-    valid_counts = counts * ok
-    psi = np.full((len(idx), len(hps)), np.nan)
-    keys = [*hps, *group_by]
-    for j, hp in enumerate(hps):
-        others = [k for k in keys if k != hp]
-        groups = (df.groupby(others, dropna=False, sort=False).indices.values() if others
-                  else [np.arange(n)])
-        codes = pd.factorize(df[hp].astype(str), use_na_sentinel=False)[0]
-        total, used = np.zeros(len(idx)), np.zeros(len(idx))
-        for members in groups:
-            c, cv = counts[:, members], valid_counts[:, members]
-            values = np.stack([c[:, codes[members] == u].sum(1) > 0
-                               for u in np.unique(codes[members])], 1).sum(1)
-            pairs = cv.sum(1) ** 2 - (cv**2).sum(1)  # ordered pairs of distinct runs
-            num = np.einsum("rg,gh,rh->r", cv, s[np.ix_(members, members)], cv)
-            use = (values >= 2) & (pairs > 0)
-            total += np.where(use, num / np.maximum(pairs, 1), 0.0)
-            used += use
-        psi[:, j] = np.where(used > 0, total / np.maximum(used, 1), np.nan)
-    valid = ~np.isnan(psi)
-    return np.where(valid.any(1), np.nansum(psi, 1) / np.maximum(valid.sum(1), 1), np.nan)
-
-
-def _ci(stats: np.ndarray, level: float) -> list[float]:
-    stats = stats[~np.isnan(stats)]
-    if stats.size == 0:
-        return [math.nan, math.nan]
-    tail = 50.0 * (1.0 - level)
-    return [float(v) for v in np.percentile(stats, [tail, 100.0 - tail])]
-
-
 def rank(df: pd.DataFrame, measures: Sequence[str], gap: str, hps: Sequence[str], *,
          num_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> list[dict]:
     """``rank_measures`` rows (τ, CI, counts; sorted by |τ|) with Ψ, ``psi_ci`` and ψ_i over
@@ -474,7 +396,7 @@ def rank(df: pd.DataFrame, measures: Sequence[str], gap: str, hps: Sequence[str]
         raise StudyError(f"--resamples must be ≥ 0, got {num_resamples}")
     rows = rank_measures(df, measures, gap, None, num_resamples, level, seed)
     group_by = ["seed"] if df["seed"].nunique(dropna=False) > 1 else []
-    idx = _resample_indices(len(df), num_resamples, seed)  # the resamples of rank_measures
+    idx = resample_indices(len(df), num_resamples, seed)  # the resamples of rank_measures
     for row in rows:
         row["family"] = family(row["measure"])
         if not hps:
@@ -487,7 +409,7 @@ def rank(df: pd.DataFrame, measures: Sequence[str], gap: str, hps: Sequence[str]
         row["psi_per_hp"] = per
         boot = psi_bootstrap(df, row["measure"], gap, hps, group_by, idx) if len(idx) else \
             np.zeros(0)
-        row["psi_ci"] = _ci(boot, level)
+        row["psi_ci"] = list(percentile_ci(boot, level))
     return rows
 
 
@@ -516,7 +438,7 @@ def correlate(run_dir: str | Path, *, gap: str = DEFAULT_GAP, target_loss: float
     unknown = [k for k in names if k not in df]
     if unknown:
         raise StudyError(f"unknown measure(s) {', '.join(unknown)}")
-    _say(progress, f"ranking {len(names)} measures over {len(kept)} runs "
+    say(progress, f"ranking {len(names)} measures over {len(kept)} runs "
                    f"({num_resamples} resamples)")
     ranking = rank(df, names, gap, hps, num_resamples=num_resamples, level=level, seed=seed)
     losses = pd.to_numeric(df["train_loss"], errors="coerce")
@@ -534,26 +456,6 @@ def correlate(run_dir: str | Path, *, gap: str = DEFAULT_GAP, target_loss: float
     return doc
 
 
-def table(doc: dict, top: int | None = None) -> tuple[list[str], list[list[Any]]]:
-    """(columns, rows) of the ranking for a terminal table: τ and Ψ with their CIs, ψ_i."""
-    hps = doc["hyperparams"]
-    cols = ["measure", f"τ [{100 * doc['level']:g}% CI]", "Ψ [CI]", *(f"ψ {h}" for h in hps),
-            "runs"]
-    rows = []
-    for r in doc["ranking"][:top]:
-        rows.append([r["measure"], _with_ci(r["tau"], r["tau_ci"]), _with_ci(r["psi"], r["psi_ci"]),
-                     *(_fmt(r["psi_per_hp"].get(h)) for h in hps), r["n_runs"]])
-    return cols, rows
-
-
-def _fmt(v) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
-
-
-def _with_ci(v, ci) -> str:
-    return f"{_fmt(v)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
-
-
 # ---------------------------------------------------------------- training a grid to L*
 
 
@@ -564,10 +466,10 @@ def train_grid(grid, out_dir: str | Path, *, progress: Progress | None = None) -
     with the fields ``sweep.summary_table`` reads. Run names and validation are the sweep's
     (``sweep.plan_sweep``). A run whose trace (same config, finished) and model exist is kept,
     so an interrupted grid resumes. Returns the index."""
-    from .checkpoint import save_model
-    from .sweep import INDEX_SCHEMA, plan_sweep
-    from .trace import TraceError, load_trace
-    from .training import train
+    from ..checkpoint import save_model
+    from ..sweep import INDEX_SCHEMA, plan_sweep
+    from ..trace import TraceError, load_trace
+    from ..training import train
 
     plan = plan_sweep(grid)
     out = Path(out_dir)
@@ -595,78 +497,14 @@ def train_grid(grid, out_dir: str | Path, *, progress: Progress | None = None) -
                         "diverged_step": doc.get("diverged_step"), "reused": note == "kept",
                         "summary": doc["summary"]})
         loss = doc["summary"].get("train_loss")
-        _say(progress, f"run {r.index + 1}/{len(plan.runs)} {r.run_id}: {doc['status']} at step "
+        say(progress, f"run {r.index + 1}/{len(plan.runs)} {r.run_id}: {doc['status']} at step "
                        f"{doc['summary'].get('final_step')}, train_loss "
                        f"{math.nan if loss is None else loss:.4g} ({note})")
         index = {"schema": INDEX_SCHEMA, "name": plan.grid.name, "status": "running",
-                 "trained_by": "sgdreg.generalization.train_grid (one run at a time, stop_loss)",
+                 "trained_by": "sgdreg.experiments.generalization.train_grid (one run at a time, stop_loss)",
                  "grid": plan.grid.to_dict(), "num_runs": len(plan.runs),
                  "wall_time_s": time.perf_counter() - start, "runs": entries}
         atomic_write_json(out / "sweep.json", index)
     index["status"] = "completed"
     atomic_write_json(out / "sweep.json", index)
     return index
-
-
-# ---------------------------------------------------------------- figure
-
-
-def render_generalization(results_dir: str | Path, out_path: str | Path) -> list[Path]:
-    """Gallery renderer: the ranking in ``results_dir/correlation.json`` → PNG + SVG.
-
-    Left: τ of each measure with the gap (bar, bootstrap CI) and Ψ (◆), coloured by family.
-    Right: ψ_i per hyper-parameter.
-    """
-    path = Path(results_dir) / CORRELATION_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {CORRELATION_FILE} in {results_dir}; run `sgdreg correlate` "
-                                "or experiments/generalization_measures.py first")
-    return ranking_figure(json.loads(path.read_text()), out_path)
-
-
-def ranking_figure(doc: dict, out_path: str | Path) -> list[Path]:
-    from .plots import _setup, save
-
-    plt, sns = _setup()
-    rows = doc["ranking"]
-    hps = doc["hyperparams"]
-    names = [r["measure"] for r in rows]
-    val = lambda v: math.nan if v is None else float(v)  # noqa: E731 (JSON null → NaN)
-    tau = np.array([val(r["tau"]) for r in rows])
-    lo = np.array([val(r["tau_ci"][0]) for r in rows])
-    hi = np.array([val(r["tau_ci"][1]) for r in rows])
-    psi = np.array([val(r["psi"]) for r in rows])
-    colors = dict(zip(FAMILIES, sns.color_palette("tab10", len(FAMILIES))))
-    y = np.arange(len(rows))
-    height = 1.6 + 0.24 * len(rows)
-    widths = [3.2, 0.55 * len(hps) + 0.6] if hps else [1]
-    fig, axes = plt.subplots(1, len(widths), figsize=(5.2 + widths[-1] * 1.2 * bool(hps), height),
-                             gridspec_kw={"width_ratios": widths}, squeeze=False)
-    ax = axes[0, 0]
-    ax.barh(y, tau, color=[colors[r["family"]] for r in rows], alpha=0.85)
-    ok = ~(np.isnan(lo) | np.isnan(hi))
-    ax.errorbar(tau[ok], y[ok], xerr=np.abs(np.vstack([tau[ok] - lo[ok], hi[ok] - tau[ok]])),
-                fmt="none", ecolor="0.2", elinewidth=0.8, capsize=2)
-    ax.scatter(psi, y, marker="D", s=18, color="black", zorder=3, label="granulated Ψ")
-    ax.axvline(0, color="0.3", lw=0.8)
-    ax.set(yticks=y, yticklabels=names, xlim=(-1.05, 1.05), ylim=(len(rows) - 0.5, -0.5),
-           xlabel=f"Kendall τ with {doc['gap']} ({100 * doc['level']:g}% bootstrap CI)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[f]) for f in FAMILIES
-               if any(r["family"] == f for r in rows)]
-    labels = [f for f in FAMILIES if any(r["family"] == f for r in rows)]
-    handles.append(plt.Line2D([], [], marker="D", color="black", ls="none", markersize=4))
-    labels.append("Ψ")
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=7,
-               bbox_to_anchor=(0.5, 0.0), frameon=False)
-    if hps:
-        grid = np.array([[val(r["psi_per_hp"].get(h)) for h in hps] for r in rows])
-        sns.heatmap(grid, ax=axes[0, 1], cmap="vlag", vmin=-1, vmax=1, center=0, annot=True,
-                    fmt=".2f", annot_kws={"fontsize": 6}, cbar=False,
-                    xticklabels=hps, yticklabels=False)
-        axes[0, 1].set(title="ψ per hyper-parameter", ylim=(len(rows), 0))
-        axes[0, 1].tick_params(axis="x", rotation=45 if len(hps) > 2 else 0)
-    target = doc.get("target_loss")
-    fig.suptitle(f"Measures vs generalization gap: {doc['num_kept']} of {doc['num_runs']} runs"
-                 + (f" at train loss ≤ {target:g}" if target else ""), fontsize=10)
-    fig.tight_layout()
-    return save(fig, out_path)

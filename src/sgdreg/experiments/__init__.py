@@ -1,0 +1,10 @@
+"""The reproduced papers, one module each: a config in, a JSON-ready results dict out (stored
+with ``sgdreg.results.save_results``); no plotting here (figures: ``sgdreg.plotting``).
+
+* ``zhang`` — Zhang et al. 2017: randomization tests (Fig. 1), finite-sample expressivity (Thm 1).
+* ``kernel`` — Zhang et al. 2017, §5: minimum-norm kernel interpolation, GD to the min-norm solution.
+* ``double_descent`` — Belkin et al. 2019; Nakkiran et al. 2019: random features, width, epochs.
+* ``eos`` — Cohen et al. 2021: the edge of stability.
+* ``igr`` — Barrett & Dherin 2021; Smith et al. 2021: implicit gradient regularization.
+* ``generalization`` — Jiang et al. 2020: generalization measures against the gap.
+"""

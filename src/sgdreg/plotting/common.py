@@ -1,0 +1,41 @@
+"""The one plotting style and the one figure writer (PNG, + SVG beside it)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+STYLE = {"context": "paper", "style": "whitegrid", "font_scale": 1.1}
+BAND = "sd"  # seeds as ±1 s.d. bands (seaborn errorbar)
+
+
+def setup():
+    """(pyplot, seaborn) with the Agg backend and the sgdreg theme."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(**STYLE)
+    return plt, sns
+
+
+def save(fig, path: str | Path, svg: bool = True) -> list[Path]:
+    """Write ``path`` (PNG) and, with ``svg``, the same figure as SVG beside it; close ``fig``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    out = [path]
+    if svg:
+        out.append(path.with_suffix(".svg"))
+        fig.savefig(out[-1], bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return out
+
+
+def none_nan(values) -> list[float]:
+    """Stored nulls (non-finite or missing values) as NaN, so matplotlib leaves gaps."""
+    return [math.nan if v is None else v for v in values]
