@@ -5,11 +5,15 @@ File layout (``schema = "sgdreg.checkpoint/1"``)::
     {"schema": ..., "kind": "model" | "tree", ...header...}\\n
     <eqx.tree_serialise_leaves bytes>
 
-The header says how to rebuild the pytree skeleton (a model from its saved ``RunConfig``, input
-shape and output size), so ``load_model`` needs nothing but the file. PRNG keys are stored as raw
-key data (``jax.random.key_data``) and rewrapped on load (``jax.random.wrap_key_data``): typed key
-arrays have no NumPy form. Every write goes to a temp file in the same folder and is renamed
-into place, so a reader (or a resumed sweep) never sees half a checkpoint.
+A model header records its provenance (class, parameter count, dtype, structure hash, whether
+an ``eqx.nn.State`` is stored after the model) and, for a preset, the ``RunConfig``, input shape
+and output size that rebuild its skeleton, so ``load_model(path)`` needs nothing but the file;
+any other model loads into a skeleton, ``load_model(path, like=...)``. Loading never changes
+JAX's precision mode: a float64 file in 32-bit mode is a ``PrecisionError``. PRNG keys are
+stored as raw key data (``jax.random.key_data``) and rewrapped on load
+(``jax.random.wrap_key_data``): typed key arrays have no NumPy form. Every write goes to a temp
+file in the same folder and is renamed into place, so a reader (or a resumed sweep) never sees
+half a checkpoint.
 """
 
 from __future__ import annotations
@@ -26,13 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import RunConfig
+from .errors import CheckpointError, PrecisionError
 from .trace import atomic_write_bytes, to_json_value
 
 SCHEMA = "sgdreg.checkpoint/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read; the message names the file and the problem."""
 
 
 def is_key(x) -> bool:
@@ -97,41 +98,149 @@ def load_tree(path: str | os.PathLike, like):
     return data_to_keys(raw, like), head
 
 
-def save_model(path: str | os.PathLike, model: eqx.Module, cfg: RunConfig,
-               dataset_description: dict[str, Any] | Any) -> None:
-    """Save a trained model with the config and data description that rebuild its skeleton.
+def _describe(dataset) -> dict[str, Any] | None:
+    if dataset is None:
+        return None
+    return dataset.describe() if hasattr(dataset, "describe") else dict(dataset)
 
-    ``dataset_description`` is ``Dataset.describe()`` (or the Dataset itself); the input shape is
-    taken from it and the output size from the model's own output on one example.
+
+def _out_size(model, in_shape, dtype) -> int | None:
+    """The model's output size on one example of ``in_shape`` (None when it needs a state)."""
+    try:
+        out = jax.eval_shape(model, jax.ShapeDtypeStruct(in_shape, dtype))
+    except Exception:  # noqa: BLE001 - a stateful or custom signature: not needed to reload
+        return None
+    return int(np.prod(out.shape))
+
+
+def save_model(path: str | os.PathLike, model: eqx.Module, cfg: RunConfig | None = None,
+               dataset: Any = None, *, state: Any = None) -> None:
+    """Save any ``eqx.Module`` (and its ``eqx.nn.State``) with its provenance, atomically.
+
+    The header records the model's class, trainable parameter count, dtype and structure hash
+    (``training.structure_hash``: tree, static fields, array shapes/dtypes), whether a state is
+    saved, and, when given, the ``RunConfig`` and the data description that rebuild a preset
+    model without a skeleton. Every array leaf (frozen ones and the state too) is stored.
+
+    Args:
+        path: destination file (``.eqx`` by convention).
+        model: the model to save.
+        cfg: the ``RunConfig`` it was trained with (presets: lets ``load_model(path)`` rebuild it).
+        dataset: a ``Dataset`` or its ``describe()`` dict (input shape for a preset rebuild).
+        state: the ``eqx.nn.State`` of a stateful model (BatchNorm), saved alongside.
+
+    Example:
+        >>> res = sgdreg.run(model, data, "sgd", state=state, steps=100)  # doctest: +SKIP
+        >>> sgdreg.save_model("cnn.eqx", res.model, state=res.state)     # doctest: +SKIP
     """
-    desc = (dataset_description.describe() if hasattr(dataset_description, "describe")
-            else dict(dataset_description))
-    in_shape = tuple(desc["input_shape"])
-    dtype = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype
-    out = jax.eval_shape(model, jax.ShapeDtypeStruct(in_shape, dtype))
-    header = {"kind": "model", "config": cfg.to_dict(), "dataset": desc,
-              "input_shape": list(in_shape), "out_size": int(np.prod(out.shape))}
-    save_tree(path, model, header)
+    from .models import num_params, partition
+    from .training import structure_hash
+
+    if not isinstance(model, eqx.Module):
+        raise CheckpointError(f"save_model: expected an equinox.Module, got {type(model).__name__}")
+    leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+    dtype = leaves[0].dtype if leaves else jnp.dtype("float32")
+    header: dict[str, Any] = {
+        "kind": "model",
+        "model": {"class": f"{type(model).__module__}.{type(model).__qualname__}",
+                  "structure_hash": structure_hash(model),
+                  "num_params": num_params(partition(model)[0]), "dtype": str(jnp.dtype(dtype)),
+                  "stateful": state is not None},
+        "config": cfg.to_dict() if cfg is not None else None,
+        "dataset": _describe(dataset),
+    }
+    desc = header["dataset"]
+    if cfg is not None and desc and "input_shape" in desc:
+        header["input_shape"] = list(desc["input_shape"])
+        header["out_size"] = _out_size(model, tuple(desc["input_shape"]), dtype)
+    save_tree(path, model if state is None else (model, state), header)
 
 
-def load_model(path: str | os.PathLike) -> tuple[eqx.Module, RunConfig]:
-    """(model, cfg) from ``save_model``: the skeleton is ``models.make_model`` of the saved
-    config, input shape and output size; every array (frozen ones too) comes from the file."""
-    from .models import make_model
+def _check_precision(path, head: dict) -> None:
+    """PrecisionError (naming the file) for a float64 checkpoint while JAX runs in 32 bits."""
+    from .training import require_dtype
 
+    dtype = (head.get("model") or {}).get("dtype") or (head.get("config") or {}).get("dtype")
+    if dtype is None:
+        return
+    try:
+        require_dtype(dtype)
+    except PrecisionError as e:
+        raise PrecisionError(f"{path}: {e}") from None
+
+
+def load_model(path: str | os.PathLike, like: Any = None):
+    """Load a model saved by ``save_model``; bit-identical arrays, never a dtype change.
+
+    Without ``like``: ``(model, cfg)``, the skeleton rebuilt from the saved ``RunConfig`` by
+    ``models.make_model`` (preset models only). With ``like``: the saved tree loaded into
+    that structure and returned in it: a model, or ``(model, state)`` when a state was saved.
+    ``like`` may be a real model (e.g. ``CNN(key=...)``) or an ``eqx.filter_eval_shape``
+    skeleton; its structure hash and every leaf's shape and dtype must match the file.
+
+    Raises:
+        CheckpointError: missing/corrupt file, a custom model without ``like``, a skeleton that
+            does not match (the message names the file and what differs).
+        PrecisionError: a float64 checkpoint while JAX's 64-bit mode is off (sgdreg never
+            switches it on for you).
+
+    Example:
+        >>> model, state = sgdreg.load_model("cnn.eqx", like=eqx.nn.make_with_state(CNN)(
+        ...     key=jax.random.key(0)))                                        # doctest: +SKIP
+    """
     head = read_header(path)
     if head.get("kind") != "model":
         raise CheckpointError(f"{path} holds a {head.get('kind')!r} checkpoint, not a model")
+    _check_precision(path, head)
+    saved = head.get("model") or {}
+    if like is not None:
+        return _load_like(path, head, saved, like)
+    if head.get("config") is None or saved.get("stateful") or head.get("out_size") is None:
+        raise CheckpointError(f"{path} holds a custom {saved.get('class', 'model')}; load it with "
+                              "load_model(path, like=skeleton), e.g. like=Model(key=...) or "
+                              "like=(model, state) for a stateful one")
+    return _load_preset(path, head, saved)
+
+
+def _load_like(path, head: dict, saved: dict, like):
+    from .training import structure_hash
+
+    pair = isinstance(like, tuple) and len(like) == 2 and isinstance(like[0], eqx.Module)
+    skel = like[0] if pair else like
+    if not isinstance(skel, eqx.Module):
+        raise CheckpointError(f"like: expected an equinox.Module or (model, state), got "
+                              f"{type(like).__name__}")
+    if saved.get("stateful") and not pair:
+        raise CheckpointError(f"{path} holds a model and its eqx.nn.State; pass "
+                              "like=(model, state), e.g. from eqx.nn.make_with_state")
+    if pair and not saved.get("stateful", False):
+        raise CheckpointError(f"{path} holds a model without a state; pass like=model")
+    want, got = saved.get("structure_hash"), structure_hash(skel)
+    if want is not None and want != got:
+        raise CheckpointError(
+            f"{path} holds a {saved.get('class')} (structure hash {want}); the skeleton "
+            f"{type(skel).__module__}.{type(skel).__qualname__} has structure hash {got}: build "
+            "like= with the same layers, sizes and dtype as the saved model")
+    return load_tree(path, like)[0]
+
+
+def _load_preset(path, head: dict, saved: dict):
+    from .models import make_model
+    from .training import require_dtype, structure_hash
+
     try:
         cfg = RunConfig(**head["config"])
     except TypeError as e:
         raise CheckpointError(f"{path}: saved config does not match this sgdreg ({e})") from None
-    dtype = jnp.float64 if cfg.dtype == "float64" else jnp.float32
-    if dtype == jnp.float64:
-        jax.config.update("jax_enable_x64", True)
+    dtype = require_dtype(cfg.dtype)
     skeleton = eqx.filter_eval_shape(
         lambda: make_model(cfg.model, tuple(head["input_shape"]), head["out_size"],
                            key=jax.random.key(0), width=cfg.width, depth=cfg.depth,
                            activation=cfg.activation, dtype=dtype))
+    want = saved.get("structure_hash")
+    if want is not None and want != structure_hash(skeleton):
+        raise CheckpointError(f"{path} holds a {saved.get('class')} that is not the preset "
+                              f"{cfg.model!r} of its config; load it with "
+                              "load_model(path, like=skeleton)")
     model, _ = load_tree(path, skeleton)
     return model, cfg

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Shaped
 
 from .batching import DEFAULT_CHUNK, full_batch_hvp, full_batch_mean, full_batch_value_and_grad
 from .models import group_leaves
@@ -63,14 +63,29 @@ class HessianMatvec(eqx.Module):
 
 
 def hessian_matvec(
-    example_loss: ExampleLoss, params, x, y, chunk_size: int = DEFAULT_CHUNK
+    example_loss: ExampleLoss, params: PyTree, x: Float[Array, "n ..."], y: Shaped[Array, "n ..."],
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> HessianMatvec:
-    """Full-batch Hessian of L = mean ℓ_i as a flat matvec (forward-over-reverse, chunked)."""
+    """Full-batch Hessian of L = (1/n)Σ_i ℓ_i as a flat matvec v ↦ Hv (forward-over-reverse,
+    Pearlmutter 1994; chunked as Σ_j (b_j/n)·H_j v, SCIENCE.md §3).
+
+    Args:
+        example_loss: ``(params, x_i, y_i) -> ℓ_i``, e.g. ``Objective.example_loss``.
+        params: θ, any pytree; x, y: the data (leading axis n).
+    Returns:
+        ``HessianMatvec`` (a pytree; ``.dim`` = P) acting on flat vectors of length P.
+
+    Example:
+        >>> hv = sgdreg.hessian_matvec(obj.example_loss, params, x, y)      # doctest: +SKIP
+        >>> sgdreg.lanczos_eigs(hv, hv.dim, k=1, num_steps=20, key=key).eigenvalues
+    """
     return HessianMatvec(example_loss, params, x, y, int(chunk_size))
 
 
 @eqx.filter_jit
-def dense_hessian(example_loss: ExampleLoss, params, x, y) -> Float[Array, "P P"]:
+def dense_hessian(
+    example_loss: ExampleLoss, params: PyTree, x: Float[Array, "n ..."], y: Shaped[Array, "n ..."]
+) -> Float[Array, "P P"]:
     """H = ∇²L as a dense P×P matrix (jax.hessian on the flat vector): the exact oracle (§3)."""
     flat, unravel = ravel_pytree(params)
 
@@ -162,7 +177,12 @@ def hutchinson(
     matvec: Matvec, dim: int, key: PRNGKeyArray, num_probes: int, kind: str = "rademacher",
     batching: str = "map", dtype=None,
 ) -> TraceEstimate:
-    """tr H ≈ (1/K) Σ v_kᵀHv_k, tr H² ≈ mean ‖Hv_k‖², diag H ≈ mean v_k⊙Hv_k (Hutchinson 1989)."""
+    """tr H ≈ (1/K) Σ v_kᵀHv_k, tr H² ≈ mean ‖Hv_k‖², diag H ≈ mean v_k⊙Hv_k (Hutchinson 1989).
+
+    Args: ``matvec`` (v ↦ Hv on flat vectors), ``dim`` P, ``key``, ``num_probes`` K, ``kind``
+    (rademacher/gaussian). Returns: ``TraceEstimate`` (estimate ± stderr, tr H², diag).
+    Example: ``sgdreg.hutchinson(hv, hv.dim, jax.random.key(0), 100).estimate``.
+    """
     dtype = _dtype(matvec, dtype)
     quad, sq, diag_sum = _hutchinson_samples(matvec, dim, key, num_probes, kind, batching, dtype)
     return _trace_estimate(quad, sq, diag_sum)
@@ -323,6 +343,7 @@ def lanczos_eigs(
 
     Ritz residual ‖Hy − θy‖ = |β_m s_{m,i}|; converged when ≤ tol·max|θ| (tol default √eps).
     Warm start: pass the previous top eigenvector as ``v0`` (else a Gaussian start from ``key``).
+    Example: ``sgdreg.lanczos_eigs(hv, hv.dim, 3, 30, key=jax.random.key(0)).eigenvalues``.
     """
     if which not in ("largest", "smallest"):
         raise ValueError(f"unknown which {which!r}; choose largest or smallest")
@@ -405,8 +426,9 @@ def _tree_vdot(a, b):
 
 @eqx.filter_jit
 def batch_sharpness(
-    example_loss: ExampleLoss, params, x, y, key: PRNGKeyArray, batch_size: int,
-    num_batches: int, chunk_size: int = DEFAULT_CHUNK, batching: str = "map",
+    example_loss: ExampleLoss, params: PyTree, x: Float[Array, "n ..."], y: Shaped[Array, "n ..."],
+    key: PRNGKeyArray, batch_size: int, num_batches: int, chunk_size: int = DEFAULT_CHUNK,
+    batching: str = "map",
 ) -> BatchSharpness:
     """E_B[g_BᵀH_Bg_B / ‖g_B‖²] over random minibatches drawn without replacement (§3)."""
     n = x.shape[0]
@@ -426,8 +448,9 @@ def batch_sharpness(
 
 @eqx.filter_jit
 def gradient_noise(
-    example_loss: ExampleLoss, params, x, y, chunk_size: int = GRADIENT_NOISE_CHUNK
-) -> jax.Array:
+    example_loss: ExampleLoss, params: PyTree, x: Float[Array, "n ..."], y: Shaped[Array, "n ..."],
+    chunk_size: int = GRADIENT_NOISE_CHUNK,
+) -> Float[Array, ""]:
     """Γ = (1/n) Σ_i ‖∇ℓ_i − ∇L‖² (centred, exact) from vmapped per-example gradients (§2)."""
     _, g = full_batch_value_and_grad(example_loss, params, x, y, chunk_size)
     grad_i = jax.grad(example_loss)

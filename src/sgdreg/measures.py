@@ -32,6 +32,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .batching import DEFAULT_CHUNK, chunk_data, full_batch_mean, full_batch_value_and_grad
+from .errors import ModelError
 from .losses import Objective
 from .models import CNN, MLP, LinearModel, partition
 
@@ -121,29 +122,50 @@ def log_sum_frobenius(params) -> jax.Array:
     return _log_sum(log_prod_frobenius(params), len(weight_matrices(params)))
 
 
+def _linear_chain(model) -> list | None:
+    """The Linear layers of an MLP-like model in order, or None: Linear, ``MLP``, ``LinearModel``,
+    ``eqx.nn.MLP``, or ``eqx.nn.Sequential`` of Linear and parameter-free Lambda/Identity."""
+    if isinstance(model, (eqx.nn.Linear, LinearModel)):
+        return [getattr(model, "linear", model)]
+    if isinstance(model, (MLP, eqx.nn.MLP)):
+        return list(model.layers)
+    free = (eqx.nn.Lambda, eqx.nn.Identity)
+    if isinstance(model, eqx.nn.Sequential) and all(
+            isinstance(m, eqx.nn.Linear) or (isinstance(m, free) and not any(
+                eqx.is_array(a) for a in jax.tree.leaves(m))) for m in model.layers):
+        return [m for m in model.layers if isinstance(m, eqx.nn.Linear)]
+    return None
+
+
 def path_norm(model: eqx.Module) -> jax.Array:
     """Σ over input→output paths of Π w² = Σ_k f_{θ²}(1)_k (Neyshabur et al. 2015; Jiang eq. 44).
 
     θ² squares every trainable weight and bias; the network is evaluated with identity
     activations on an all-ones input, so a bias b is an edge from a constant-1 unit and its
-    paths contribute b²·Π(downstream w²). For ReLU nets this equals Jiang et al.'s recipe
-    (ReLU of a non-negative input is the identity). CNN: same recipe, where global average
-    pooling enters with its (unsquared) weight 1/(h·w) as in Jiang et al.'s code. Models without
-    a path structure (random features) give NaN. The ℓ2 path norm is the square root.
+    paths contribute b²·Π(downstream w²); for ReLU nets this is Jiang et al.'s recipe. Defined
+    for chains of ``eqx.nn.Linear`` with elementwise activations (sgdreg's ``MLP``/``LinearModel``,
+    ``eqx.nn.MLP``, ``eqx.nn.Sequential`` of Linear and Lambda layers) and sgdreg's ``CNN`` (global
+    average pooling enters with its unsquared weight 1/(h·w), as in Jiang et al.'s code). The ℓ2
+    path norm is the square root.
+
+    Args: ``model``, whose trainable arrays are θ. Returns: a scalar array.
+    Raises: ``ModelError`` for a model without that path structure (random features, ...).
+    Example: ``path_norm(eqx.nn.MLP(4, 3, 8, 2, key=jax.random.key(0)))``.
     """
     params, frozen = partition(model)
     sq = eqx.combine(jax.tree.map(jnp.square, params), frozen)
-    if isinstance(sq, MLP):
-        v = jnp.ones(sq.layers[0].in_features, sq.layers[0].weight.dtype)
-        for layer in sq.layers:
-            v = layer(v)
-        return jnp.sum(v)
-    if isinstance(sq, LinearModel):
-        return jnp.sum(sq.linear(jnp.ones(sq.linear.in_features, sq.linear.weight.dtype)))
     if isinstance(sq, CNN):
         v = sq.conv2(sq.conv1(jnp.ones(sq.image_shape, sq.conv1.weight.dtype)))
         return jnp.sum(sq.head(jnp.mean(v, axis=(1, 2))))
-    return jnp.array(jnp.nan)
+    layers = _linear_chain(sq)
+    if layers is None:
+        raise ModelError(f"path_norm: not defined for {type(model).__qualname__}; it needs an "
+                         "MLP-like model (eqx.nn.Linear layers with elementwise activations)")
+    first = layers[0]
+    v = jnp.ones(() if first.in_features == "scalar" else (first.in_features,), first.weight.dtype)
+    for layer in layers:
+        v = layer(v)
+    return jnp.sum(v)
 
 
 # ---------------------------------------------------------------- margins
@@ -453,7 +475,10 @@ def compute_measures(model, init_model, objective_loss, data, key, *,
         objective = Objective(frozen, objective_loss, num_classes)
     d = len(weight_matrices(params))
     out = norm_measures(params, init_params)
-    pn = path_norm(model)
+    try:
+        pn = path_norm(model)
+    except ModelError:  # no path structure (e.g. random features)
+        pn = jnp.asarray(jnp.nan)
     out.update(path_norm=pn, path_norm_sqrt=jnp.sqrt(pn))
     if objective.num_classes:
         gamma = margin_percentile(objective, params, x, y, margin_q, chunk_size)
