@@ -45,7 +45,7 @@ def sgdreg_timing(ds):
     @eqx.filter_jit
     def run(state, problem, data):  # the engine's dynamics step loop, metrics excluded
         return problem.dynamics.advance(state, problem, data, jnp.asarray(0, jnp.int32),
-                                        jnp.asarray(STEPS, jnp.int32))[0]
+                                        STEPS)[0]
 
     state0 = s.state0()
 

@@ -197,7 +197,8 @@ class Optax(AbstractDynamics):
     def step(self, state: TrainState, problem, data: Data, step):
         """One update at the group's step ``step``; a frozen run is returned unchanged."""
         x, y, perm = self._batch(state, data, step)
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.model_key), step)
+        key = (jax.random.fold_in(jax.random.wrap_key_data(state.model_key), step)
+               if problem.objective.stochastic else None)  # dropout keys only when used
         loss, g, model_state = problem.training_gradient(state.params, state.model_state, x, y,
                                                          key, state.hyper.egr, self.egr)
         opt_state = self._set_hyper(state.opt_state, state.hyper)
@@ -218,7 +219,7 @@ class Optax(AbstractDynamics):
         """``num_steps`` updates in one ``fori_loop``. The step counter passed to ``step`` is the
         group's (unbatched under vmap), so the epoch reshuffle stays a real ``lax.cond``."""
         state = jax.lax.fori_loop(0, num_steps, lambda i, s: self.step(s, problem, data, step0 + i),
-                                  state)
+                                  state)  # a Python-int num_steps gives a fixed-length loop
         return state, {}
 
 

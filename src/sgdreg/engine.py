@@ -1,8 +1,8 @@
 """The one engine: compiled chunks of any dynamics, probes between them, a trace after each.
 
-``advance`` is the single compiled program: ``dynamics.advance`` over n steps (traced, so every
-chunk of a run, and every lr, shares one compilation), then the cheap metrics at the new
-iterate. ``execute`` alternates
+``advance`` is the single compiled program: ``dynamics.advance`` over n steps, then the cheap
+metrics at the new iterate; numeric hyper-parameters are traced, so a new lr shares the
+compilation. ``execute`` alternates
 
     ``advance`` (one jit)  →  host: expensive probes, divergence check, trace row, atomic write,
 
@@ -95,7 +95,10 @@ def advance_chunk(state: TrainState, problem: Problem, data: Data, params0, step
 
 @eqx.filter_jit
 def advance(state: TrainState, problem: Problem, data: Data, params0, step0, num_steps):
-    """``advance_chunk`` compiled once per problem structure (step0, num_steps traced)."""
+    """``advance_chunk`` compiled once per problem structure. ``step0`` is traced; ``num_steps``
+    is traced when given as an array (one program for every chunk length: sweeps, IGR paths) and
+    static when given as a Python int (a fixed-length loop, measurably faster on CPU: single runs,
+    whose chunks have at most three lengths: 0, ``log_every`` and the remainder)."""
     TRACE_COUNTS["advance"] += 1
     return advance_chunk(state, problem, data, params0, step0, num_steps)
 
@@ -164,13 +167,12 @@ def execute(run: Run, *, trace_path=None, progress: Callable[[int, int, dict], N
     status, detail, diverged_step = "completed", None, None
     try:
         step = 0
-        state, metrics = advance(state, problem, data, run.params0, jnp.asarray(0, jnp.int32),
-                                 jnp.asarray(0, jnp.int32))
+        state, metrics = advance(state, problem, data, run.params0, jnp.asarray(0, jnp.int32), 0)
         record(0, metrics)
         while step < run.steps:
             n = min(run.log_every, run.steps - step)
             state, metrics = advance(state, problem, data, run.params0,
-                                     jnp.asarray(step, jnp.int32), jnp.asarray(n, jnp.int32))
+                                     jnp.asarray(step, jnp.int32), n)
             div, failed = int(state.diverged_at), bool(state.failed)
             if div >= 0:
                 status, diverged_step = "diverged", div
