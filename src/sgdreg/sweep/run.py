@@ -308,6 +308,10 @@ class _Sweep:
         for r in runs:
             setups.append(build(r.cfg, self.plan.datasets[r.data_key], models.get(r.cfg.seed)))
             models.setdefault(r.cfg.seed, setups[-1].model0)
+        for r, s in zip(runs, setups):  # the header train() writes; θ0 reused only by seed
+            prov = {**s.provenance, "model": {**s.provenance["model"], "preset": r.cfg.model}}
+            self.model_info[r.index] = {"provenance": prov, "num_params": num_params(s.params0),
+                                        "layers": layer_names(s.params0)}
         states0, consts = [], []
         for s in setups:
             states0.append(s.state0())
@@ -399,7 +403,7 @@ class _Sweep:
         the sweep and the group's wall time."""
         from ..training import summarize
 
-        if r.index not in self.model_info:  # what training.train records for this config
+        if r.index not in self.model_info:  # a group finished before a resume: rebuild
             from ..training import build
 
             st = build(r.cfg, self.plan.datasets[r.data_key])
