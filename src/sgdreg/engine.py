@@ -152,8 +152,6 @@ def execute(run: Run, *, trace_path=None, progress: Callable[[int, int, dict], N
 
     def record(step: int, metrics: dict):
         row = {"step": step, "t": step * run.lr, **host_metrics(metrics)}
-        if step == 0 and is_flow:
-            row |= {"solver_steps": 0, "solver_rejected": 0}
         for p in probes:
             if step % p.every == 0 or step == run.steps:
                 ctx = ProbeContext(problem.at(state.model_state), data, run.lr, step,

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from . import dynamics as dyn
-from .config import RunConfig, validate
+from .config import FULL_BATCH, RunConfig, validate
 from .data import Dataset
 from .engine import Problem, Run, execute, init_state
 from .errors import ConfigError, ModelError, PrecisionError
@@ -339,7 +339,8 @@ def compare(model: eqx.Module, data, optimizers: Sequence[Optimizer] | dict[str,
 
     Args:
         optimizers: names, optax transformations or dynamics; or a dict run name → optimizer.
-        out_dir: if given, each trace is streamed to ``out_dir/<run name>.json``.
+        out_dir: if given, each trace is streamed to ``out_dir/<run name>.json`` (the folder is
+            made by the first trace write, after that run's model, loss and data are checked).
         kwargs: passed to ``run`` (lr, steps, loss, state, curvature, ...).
 
     Returns:
@@ -366,8 +367,6 @@ def compare(model: eqx.Module, data, optimizers: Sequence[Optimizer] | dict[str,
     if dup:
         raise ConfigError(f"optimizers: two runs would both be named {dup!r}; name them with a "
                           "dict {name: optimizer}")
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
     results: dict[str, RunResult] = {}
     for name, (_, opt) in zip(names, items):
         path = None if out_dir is None else Path(out_dir) / f"{name}.json"
@@ -389,8 +388,7 @@ def _step_size(optimizer, lr) -> float:
 
 def _batch(optimizer, kwargs) -> int | None:
     b = kwargs.get("batch_size")
-    if b is None and isinstance(optimizer, str) and optimizer in ("sgd", "momentum", "nesterov",
-                                                                   "adam"):
+    if b is None and isinstance(optimizer, str) and optimizer not in FULL_BATCH:
         return MINIBATCH_DEFAULT
     return b
 
