@@ -1,4 +1,11 @@
-"""The Typer app and the few helpers every command shares (lists, errors, output, tables)."""
+"""The Typer app and the few helpers every command shares (lists, errors, output, tables).
+
+Output conventions (every command): results, i.e. tables (``print_table``), ``trace show``'s
+description and ``--json`` (``emit_json``), go to stdout; messages, the compile status and
+progress go to stderr (``console``). With ``--json`` stdout holds only the JSON document, so
+``sgdreg compare --json | python -m json.tool`` works: the tables then go to stderr (still on
+the terminal, out of the pipe) instead of being dropped.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +29,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-console = Console(stderr=True)
+console = Console(stderr=True)  # messages, status, progress
+results = Console()  # tables and other results (stdout); see result_console()
 
 
 class UsageProblem(ValueError):
@@ -65,13 +73,28 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+def json_requested() -> bool:
+    """Whether the running command was given ``--json`` (its ``json`` parameter)."""
+    try:  # typer ≥ 0.20 vendors click as typer._click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover
+        from click import get_current_context
+    ctx = get_current_context(silent=True)
+    return bool(ctx is not None and ctx.params.get("json"))
+
+
+def result_console() -> Console:
+    """stdout for results; stderr when ``--json`` claims stdout for the JSON document."""
+    return console if json_requested() else results
+
+
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     table = Table(title=title)
     for c in columns:
         table.add_column(c, justify="right" if c != columns[0] else "left")
     for r in rows:
         table.add_row(*(fmt(v) for v in r))
-    console.print(table)
+    result_console().print(table)
 
 
 def emit_json(obj: Any) -> None:
@@ -90,11 +113,12 @@ def progress_bar(label: str, total_runs: int):
                     disable=not console.is_terminal)
 
     def callback_for(name: str, total: int):
-        task = prog.add_task(f"{label} {name}", total=total, info="")
+        task = prog.add_task(f"{label} {name}", total=total, info="compiling…")
 
         def cb(step: int, total: int, row: dict):
             loss = row.get("train_loss")
-            prog.update(task, completed=step, info=f"L={loss:.4g}" if loss is not None else "")
+            info = f"L={loss:.4g}" if loss is not None else ""
+            prog.update(task, completed=step, info=info + (" compiling…" if step == 0 else ""))
 
         return cb
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +23,9 @@ EpochsOpt = Annotated[float | None, Opt("--epochs", help="Instead of --steps: pa
                                         "data (GD: 1 step each; SGD: n/B steps each).")]
 BatchOpt = Annotated[int, Opt("--batch-size", help="Minibatch size B for sgd/momentum/nesterov/adam.")]
 SeedOpt = Annotated[int, Opt("--seed", help="Seeds θ0, data order and probes.")]
-LogOpt = Annotated[int, Opt("--log-every", help="Log metrics every k steps (one compiled chunk).")]
+LogOpt = Annotated[int | None, Opt("--log-every", help="Log metrics every k steps (one compiled "
+                                   "chunk); default: once per epoch for minibatch methods, "
+                                   "every 10 steps for full batch.")]
 OutOpt = Annotated[Path | None, Opt("--out", help="Output directory (default sgdreg-runs/<cmd>-<time>).")]
 JsonOpt = Annotated[bool, Opt("--json", help="Print a machine-readable summary on stdout.")]
 WidthOpt = Annotated[int, Opt("--width", help="Hidden units (CNN: channels).")]
@@ -43,6 +46,9 @@ SlqOpt = Annotated[bool, Opt("--slq", help="Also record the SLQ spectral density
                              "weights).")]
 
 
+AUTO_CURVATURE_PROBES = 10  # compare's default: about this many curvature probes per run
+
+
 def make_configs(optimizers: str, lr: str, **common) -> list[RunConfig]:
     """The grid optimizers × learning rates, validated before anything runs."""
     opts = parse_list(optimizers, str, "--optimizers", OPTIMIZERS)
@@ -52,8 +58,35 @@ def make_configs(optimizers: str, lr: str, **common) -> list[RunConfig]:
             raise UsageProblem(f"--lr must be > 0, got {v:g}")
     cfgs = [RunConfig(optimizer=o, lr=h, **common) for o in opts for h in lrs]
     for c in cfgs:
-        validate(c)
+        validate_early(c)
     return cfgs
+
+
+def validate_early(cfg: RunConfig) -> None:
+    """``validate`` before the data is loaded; ``log_every=None`` (the CLI default) is resolved
+    and checked by ``run_grid`` once n is known (``default_log_every``)."""
+    validate(cfg if cfg.log_every is not None else cfg.replace(log_every=1))
+
+
+FULL_BATCH_LOG_EVERY = 10
+
+
+def default_log_every(cfg: RunConfig, n_train: int) -> int:
+    """The CLI's ``--log-every`` default k: about once per epoch (m = ⌊n/B⌋ steps) for minibatch
+    methods, every 10 steps for full-batch ones (a logged row evaluates the full train and test
+    sets, so SGD logging every 10 steps costs more than its training).
+
+    With curvature probes on, k divides ``hessian_every`` (probes run on logged rows,
+    ``validate``): the largest divisor not above the base. Then, among k/2 … k, the largest
+    value that also divides ``steps`` is preferred: a remainder chunk of another length would
+    be one more compiled program (``engine.advance``: num_steps is static)."""
+    base = FULL_BATCH_LOG_EVERY if cfg.full_batch else max(1, cfg.steps_per_epoch(n_train))
+    he = cfg.hessian_every
+    if he > 0 and he % base:
+        base = max(d for d in range(1, min(base, he) + 1) if he % d == 0)
+    fits = [d for d in range((base + 1) // 2, base + 1)
+            if cfg.steps % d == 0 and (he == 0 or he % d == 0)]
+    return fits[-1] if fits else base
 
 
 def with_epochs(cfg: RunConfig, epochs: float | None, n: int) -> RunConfig:
@@ -64,12 +97,28 @@ def with_epochs(cfg: RunConfig, epochs: float | None, n: int) -> RunConfig:
     return cfg.replace(steps=max(1, round(epochs * cfg.steps_per_epoch(n))))
 
 
-def run_grid(cfgs: list[RunConfig], epochs: float | None, out: Path, label: str):
-    """Load data once, validate every run against it, then train each run into ``out``."""
+def auto_hessian_every(cfg: RunConfig, probes: int) -> int:
+    """Curvature cadence for about ``probes`` probes per run: the multiple of ``log_every``
+    nearest ``steps / probes`` (at least ``log_every``; probes run on logged rows)."""
+    k = cfg.log_every
+    return k * max(1, round(cfg.steps / (probes * k)))
+
+
+def run_grid(cfgs: list[RunConfig], epochs: float | None, out: Path, label: str,
+             curvature_probes: int = 0):
+    """Load data once, resolve what depends on n (``--epochs``; the default ``log_every``, see
+    ``default_log_every``; with ``curvature_probes`` > 0, ``hessian_every`` for runs that have
+    none, see ``auto_hessian_every``), validate every run against it, then train each run into
+    ``out``."""
     from sgdreg.training import load_data, train
 
     ds = load_data(cfgs[0])
     cfgs = [with_epochs(c, epochs, ds.n_train) for c in cfgs]
+    cfgs = [c if c.log_every is not None else c.replace(log_every=default_log_every(c, ds.n_train))
+            for c in cfgs]
+    if curvature_probes > 0:
+        cfgs = [c if c.hessian_every else c.replace(hessian_every=auto_hessian_every(
+            c, curvature_probes)) for c in cfgs]
     for c in cfgs:
         validate(c, ds.n_train)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,18 +130,56 @@ def run_grid(cfgs: list[RunConfig], epochs: float | None, out: Path, label: str)
             from sgdreg.training import run_id
 
             rid = run_id(c)
-            res = train(c, ds, trace_path=out / f"{rid}.json", progress=callback_for(rid, c.steps))
-            if not console.is_terminal:
-                console.print(f"  {rid}: {res.trace['status']} "
-                              f"({res.trace['wall_time_s']:.1f} s)")
+            # the first chunk compiles (seconds, with the bar at 0): say so before it starts
+            curv = f", curvature every {c.hessian_every}" if c.hessian_every else ""
+            console.print(f"  {rid}: compiling {c.optimizer} (h={c.lr:g}, logging every "
+                          f"{c.log_every} steps{curv})…", highlight=False, soft_wrap=True)
+            timer = FirstChunkTimer(callback_for(rid, c.steps))
+            res = train(c, ds, trace_path=out / f"{rid}.json", progress=timer)
+            console.print(f"  {rid}: {res.trace['status']} in {timer.elapsed():.1f} s"
+                          + (f" (first chunk after {timer.first:.1f} s, mostly compilation)"
+                             if timer.first is not None else ""), highlight=False, soft_wrap=True)
             results.append(res)
     return ds, results
 
 
-TABLE = (("train_loss", "train L"), ("test_loss", "test L"), ("train_acc", "train acc"),
-         ("test_acc", "test acc"), ("gen_gap", "gen gap"), ("weight_norm", "‖θ‖"),
-         ("dist_from_init", "‖θ−θ0‖"), ("grad_norm_sq", "‖∇L‖²"), ("igr_gd", "igr_gd"),
-         ("igr_sgd_var", "igr_sgd_var"), ("steps_to_fit", "steps→100%"))
+class FirstChunkTimer:
+    """A ``train`` progress callback that passes rows on and notes when the first chunk after
+    step 0 arrived (seconds since creation: setup + compilation + one chunk)."""
+
+    def __init__(self, inner):
+        self.inner, self.start, self.first = inner, time.perf_counter(), None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def __call__(self, step: int, total: int, row: dict) -> None:
+        if step > 0 and self.first is None:
+            self.first = self.elapsed()
+        self.inner(step, total, row)
+
+
+TABLE = (("train_loss", "train L"), ("test_loss", "test L"), ("gen_gap", "gen gap (test L − train L)"),
+         ("train_acc", "train acc"), ("test_acc", "test acc"), ("weight_norm", "‖θ‖"),
+         ("dist_from_init", "‖θ−θ0‖"), ("grad_norm_sq", "‖∇L‖²"), ("igr_gd", "igr_gd (h/4)‖∇L‖²"),
+         ("igr_sgd_var", "igr_sgd_var"), ("hessian_trace", "tr H ± stderr"),
+         ("lambda_max", "λ_max"), ("eos_ratio", "λ_max / EoS threshold"),
+         ("batch_sharpness", "batch sharpness ± stderr"),
+         ("dist_to_min_norm", "‖θ−θ*‖/‖θ*‖ (min norm)"), ("min_norm_test_loss", "θ* test L"),
+         ("min_norm_test_acc", "θ* test acc"), ("steps_to_fit", "steps→100% train"))
+
+
+def table_value(s: dict, key: str):
+    """One summary cell: plain values, ``x ± se`` for estimates, λ_max with its converged flag."""
+    if key in ("hessian_trace", "batch_sharpness") and s.get(key) is not None:
+        se = s.get(f"{key}_stderr")
+        return f"{s[key]:.4g} ± {se:.2g}" if se is not None else s[key]
+    if key == "lambda_max" and s.get(key) is not None:
+        return f"{s[key]:.4g}" + ("" if s.get("lambda_max_converged", True) else " (not converged)")
+    if key == "eos_ratio":
+        lam, thr = s.get("lambda_max"), s.get("eos_threshold")
+        return lam / thr if lam is not None and thr else None
+    return s.get(key)
 
 
 def summary_rows(results) -> tuple[list[str], list[list]]:
@@ -100,7 +187,7 @@ def summary_rows(results) -> tuple[list[str], list[list]]:
     cols = ["metric"] + [r.trace["run_id"] for r in results]
     rows = [["status"] + [r.trace["status"] for r in results]]
     for key, label in TABLE:
-        vals = [r.trace["summary"].get(key) for r in results]
+        vals = [table_value(r.trace["summary"], key) for r in results]
         if any(v is not None for v in vals) or key == "steps_to_fit":
             rows.append([label] + vals)
     return cols, rows
@@ -123,22 +210,27 @@ def compare(
     optimizers: Annotated[str, Opt("--optimizers", help=f"Comma list of {', '.join(OPTIMIZERS)}.")]
     = "gd,sgd",
     lr: Annotated[str, Opt("--lr", help="Learning rate(s) h, comma list for a grid.")] = "0.1",
-    steps: StepsOpt = 1000,
+    steps: StepsOpt = 3000,
     epochs: EpochsOpt = None,
-    batch_size: BatchOpt = 32,
+    batch_size: BatchOpt = 16,
     seed: SeedOpt = 0,
     dataset: DatasetOpt = "digits",
     model: ModelOpt = "mlp",
-    loss: LossOpt = "ce",
+    loss: LossOpt = "mse",
     width: WidthOpt = 128,
-    depth: DepthOpt = 1,
-    activation: ActivationOpt = "relu",
+    depth: DepthOpt = 2,
+    activation: ActivationOpt = "tanh",
     momentum: MomentumOpt = 0.9,
-    log_every: LogOpt = 10,
+    log_every: LogOpt = None,
     data_dir: DataDirOpt = None,
-    n_train: NTrainOpt = None,
+    n_train: Annotated[int, Opt("--n-train", help="Use the first n training "
+                                "examples (0: all).")] = 256,
     dtype: DtypeOpt = "float32",
-    hessian_every: HessEveryOpt = 0,
+    hessian_every: Annotated[int | None, Opt("--hessian-every", help="Curvature probes "
+                                             "every k steps (default: about 10 per run).")]
+    = None,
+    no_curvature: Annotated[bool, Opt("--no-curvature", help="No curvature probes (tr H, "
+                                      "λ_max, batch sharpness).")] = False,
     probes: ProbesOpt = 20,
     lanczos_steps: LanczosOpt = 20,
     top_k: TopKOpt = 3,
@@ -159,14 +251,19 @@ def compare(
 
       sgdreg compare --optimizers gd,sgd --hessian-every 100 --probes 50 --slq
     """
+    if n_train < 0:
+        raise UsageProblem(f"--n-train must be ≥ 0 (0: all examples), got {n_train}")
+    if no_curvature and hessian_every:
+        raise UsageProblem("--no-curvature and --hessian-every contradict each other; give one")
+    auto = AUTO_CURVATURE_PROBES if hessian_every is None and not no_curvature else 0
     cfgs = make_configs(optimizers, lr, steps=steps, batch_size=batch_size, seed=seed,
                         dataset=dataset, model=model, loss=loss, width=width, depth=depth,
                         activation=activation, momentum=momentum, log_every=log_every,
-                        data_dir=data_dir, n_train=n_train, dtype=dtype,
-                        hessian_every=hessian_every, probes=probes, lanczos_steps=lanczos_steps,
-                        top_k=top_k, hessian_n=hessian_n, slq=slq)
+                        data_dir=data_dir, n_train=n_train or None, dtype=dtype,
+                        hessian_every=hessian_every or 0, probes=probes,
+                        lanczos_steps=lanczos_steps, top_k=top_k, hessian_n=hessian_n, slq=slq)
     dest = out_dir(out, "compare")
-    ds, results = run_grid(cfgs, epochs, dest, "compare")
+    ds, results = run_grid(cfgs, epochs, dest, "compare", curvature_probes=auto)
     from sgdreg.plotting.compare import compare_figure
     from sgdreg.trace import atomic_write_json
 
@@ -200,7 +297,7 @@ def train(
     width: WidthOpt = 128,
     depth: DepthOpt = 1,
     activation: ActivationOpt = "relu",
-    log_every: LogOpt = 10,
+    log_every: LogOpt = None,
     data_dir: DataDirOpt = None,
     n_train: NTrainOpt = None,
     dtype: DtypeOpt = "float32",
@@ -235,7 +332,7 @@ def train(
                     data_dir=data_dir, n_train=n_train, dtype=dtype,
                     hessian_every=hessian_every, probes=probes, lanczos_steps=lanczos_steps,
                     top_k=top_k, hessian_n=hessian_n, slq=slq)
-    validate(cfg)
+    validate_early(cfg)
     dest = out_dir(out, "train")
     ds, results = run_grid([cfg], epochs, dest, "train")
     if save_checkpoint:
@@ -254,48 +351,96 @@ trace_app = typer.Typer(help="Show, validate or export JSON traces.", no_args_is
 app.add_typer(trace_app, name="trace")
 
 
-@trace_app.command("show")
-def trace_show(file: Path, json: JsonOpt = False):
-    """Print a trace's run description, status and final values."""
-    from sgdreg.trace import load_trace
+def _describe(path: Path, doc: dict) -> None:
+    from .app import result_console
 
-    doc = load_trace(file)
+    out = result_console()
     cfg = doc["config"]
-    console.print(f"[bold]{doc['run_id']}[/]  status={doc['status']}"
-                  + (f" ({doc['status_detail']})" if doc.get("status_detail") else ""))
-    console.print(f"dataset {doc.get('dataset', {}).get('name')}, model {cfg.get('model')}, "
-                  f"optimizer {cfg.get('optimizer')}, lr {cfg.get('lr')}, seed {doc['seed']}, "
-                  f"{len(doc['metrics']['step'])} rows, device {doc['device']}")
-    s = doc.get("summary", {})
-    print_table("final values", ["metric", "value"], [[k, v] for k, v in s.items()])
+    out.print(f"[bold]{doc['run_id']}[/]  status={doc['status']}"
+              + (f" ({doc['status_detail']})" if doc.get("status_detail") else "")
+              + f"  [dim]{path}[/]", highlight=False, soft_wrap=True)
+    dev = doc["device"]
+    dev = f"{dev.get('kind')} ×{dev.get('count')}" if isinstance(dev, dict) and dev else dev
+    out.print(f"dataset {(doc.get('dataset') or {}).get('name')}, model {cfg.get('model')}, "
+              f"optimizer {cfg.get('optimizer')}, lr {cfg.get('lr')}, seed {doc['seed']}, "
+              f"{len(doc['metrics']['step'])} rows, device {dev}", highlight=False, soft_wrap=True)
+
+
+@trace_app.command("show")
+def trace_show(
+    paths: Annotated[list[Path], typer.Argument(help="Trace files and/or folders (every trace "
+                                                "under a folder; other JSON is skipped).")],
+    json: JsonOpt = False,
+):
+    """Print each trace's run description, status and final values.
+
+    One trace: its summary as a metric/value table; several: one column per run. ``--json``
+    prints the trace without its metrics: an object for a single file argument, a list otherwise.
+
+    Examples:
+
+      sgdreg trace show runs/compare-x/gd_lr0.1_s0.json
+
+      sgdreg trace show runs/compare-x          # every trace in the folder
+    """
+    from sgdreg.trace import find_traces
+
+    found = find_traces(paths)
+    for path, doc in found:
+        _describe(path, doc)
+    if len(found) == 1:
+        s = found[0][1].get("summary", {})
+        print_table("final values", ["metric", "value"], [[k, v] for k, v in s.items()])
+    else:
+        keys = list(dict.fromkeys(k for _, d in found for k in d.get("summary", {})))
+        print_table("final values", ["metric"] + [d["run_id"] for _, d in found],
+                    [[k] + [d.get("summary", {}).get(k) for _, d in found] for k in keys])
     if json:
-        emit_json({k: doc[k] for k in doc if k != "metrics"})
+        docs = [{k: d[k] for k in d if k != "metrics"} for _, d in found]
+        single = len(paths) == 1 and not paths[0].is_dir()
+        emit_json(docs[0] if single else docs)
 
 
 @trace_app.command("validate")
-def trace_validate(files: list[Path]):
-    """Check traces against the schema; exit 2 naming the first problem."""
-    from sgdreg.trace import load_trace
+def trace_validate(
+    paths: Annotated[list[Path], typer.Argument(help="Trace files and/or folders.")],
+):
+    """Check traces against the schema; exit 2 naming the first problem. A folder: every trace
+    under it (JSON without the trace schema, e.g. summary.json, is skipped)."""
+    from sgdreg.trace import find_traces
 
-    for f in files:
-        doc = load_trace(f)
+    for f, doc in find_traces(paths):
         console.print(f"{f}: valid {doc['schema']} ({doc['status']}, "
-                      f"{len(doc['metrics']['step'])} rows)")
+                      f"{len(doc['metrics']['step'])} rows)", highlight=False)
 
 
 @trace_app.command("export")
 def trace_export(
-    files: list[Path],
-    out: Annotated[Path, Opt("--out", help="CSV file for the long-form table.")] = Path("trace.csv"),
+    paths: Annotated[list[Path], typer.Argument(help="Trace files and/or folders (every trace "
+                                                "under a folder; other JSON is skipped).")],
+    out: Annotated[Path, Opt("--out", help="Output file: .parquet/.pq for parquet (needs "
+                             "pyarrow), else CSV.")] = Path("trace.csv"),
 ):
-    """Export traces as one long-form CSV (step, t, metric, value, optimizer, lr, ...)."""
+    """Export traces as one long-form table (step, t, metric, value, optimizer, lr, ..., run_id),
+    the rows of ``sgdreg.load_traces``.
+
+    Examples:
+
+      sgdreg trace export runs/compare-x --out runs.csv
+
+      sgdreg trace export runs/sweep-y/traces a.json --out runs.parquet
+    """
     import pandas as pd
 
-    from sgdreg.trace import atomic_write_text, to_dataframe
+    from sgdreg.trace import PARQUET_SUFFIXES, find_traces, parquet_engine, to_dataframe, write_table
 
-    df = pd.concat([to_dataframe(f) for f in files], ignore_index=True)
-    atomic_write_text(out, df.to_csv(index=False))
-    console.print(f"{len(df)} rows → {out}")
+    if out.suffix.lower() in PARQUET_SUFFIXES and parquet_engine() is None:
+        raise UsageProblem(f"--out {out.name}: parquet needs pyarrow or fastparquet "
+                           "(pip install 'sgdreg[parquet]'); or give a .csv file")
+    found = find_traces(paths)
+    df = pd.concat([to_dataframe(doc) for _, doc in found], ignore_index=True)
+    write_table(df, out)
+    console.print(f"{len(found)} traces, {len(df)} rows → {out}", highlight=False)
 
 
 @app.command()

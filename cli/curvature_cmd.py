@@ -35,7 +35,7 @@ def hessian(
 
       sgdreg train --optimizer gd --steps 500 --save-checkpoint --out runs/gd
 
-      sgdreg hessian runs/gd/gd_lr0.1_b32_s0.eqx --probes 100
+      sgdreg hessian runs/gd/gd_lr0.1_s0.eqx --probes 100
     """
     from sgdreg.checkpoint import load_model
     from sgdreg.config import validate

@@ -16,7 +16,7 @@ def test_compare_writes_traces_figure_and_summary(tmp_path, capsys):
                  "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
-    assert {r["run_id"] for r in summary["runs"]} == {"gd_lr0.1_b32_s0", "sgd_lr0.1_b32_s0"}
+    assert {r["run_id"] for r in summary["runs"]} == {"gd_lr0.1_s0", "sgd_lr0.1_b16_s0"}
     assert (out / "compare.png").stat().st_size > 1000
     assert (out / "summary.json").is_file()
     docs = [load_trace(out / f"{r['run_id']}.json") for r in summary["runs"]]
@@ -25,10 +25,15 @@ def test_compare_writes_traces_figure_and_summary(tmp_path, capsys):
     assert docs[0]["metrics"]["train_loss"][0] == docs[1]["metrics"]["train_loss"][0]
     for key in ("schema", "config", "versions", "device", "seed", "wall_time_s"):
         assert key in docs[0]
-    assert main(["trace", "validate", str(out / "gd_lr0.1_b32_s0.json")]) == 0
-    df = to_dataframe(out / "sgd_lr0.1_b32_s0.json")
-    assert {"train_loss", "igr_sgd_var", "layer_norms/layers[0]"} <= set(df["metric"])
-    assert main(["trace", "export", str(out / "gd_lr0.1_b32_s0.json"), "--out",
+    assert main(["trace", "validate", str(out / "gd_lr0.1_s0.json")]) == 0
+    df = to_dataframe(out / "sgd_lr0.1_b16_s0.json")
+    # the default instruments: IGR terms and, at the auto cadence, tr H ± stderr, λ_max, batch
+    # sharpness (minibatch runs)
+    assert {"train_loss", "igr_sgd_var", "layer_norms/layers[0]", "hessian_trace",
+            "hessian_trace_stderr", "lambda_max", "lambda_max_converged",
+            "batch_sharpness"} <= set(df["metric"])
+    assert "hessian_trace" in summary["runs"][0] and "lambda_max" in summary["runs"][1]
+    assert main(["trace", "export", str(out / "gd_lr0.1_s0.json"), "--out",
                  str(tmp_path / "t.csv")]) == 0
     assert (tmp_path / "t.csv").read_text().startswith("step,t,metric,value")
 
@@ -86,7 +91,7 @@ def test_help_lists_commands(capsys):
 def test_train_checkpoint_then_hessian(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--optimizer", "gd", *TINY, "--save-checkpoint", "--out", str(out)]) == 0
-    ck = out / "gd_lr0.1_b32_s0.eqx"
+    ck = out / "gd_lr0.1_s0.eqx"
     assert ck.is_file()
     capsys.readouterr()
     assert main(["hessian", str(ck), "--probes", "10", "--lanczos-steps", "10", "--top-k", "2",

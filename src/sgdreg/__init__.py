@@ -42,6 +42,7 @@ from .errors import TraceError as TraceError
 from .losses import MSE as MSE
 from .losses import Objective as Objective
 from .losses import cross_entropy as cross_entropy
+from .min_norm import MinNormDistance as MinNormDistance
 from .probes import CurvatureProbe as CurvatureProbe
 from .probes import Probe as Probe
 from .probes import ProbeContext as ProbeContext
@@ -69,7 +70,7 @@ __all__ = [
     # losses
     "cross_entropy", "MSE", "Objective",
     # probes and curvature estimators
-    "Probe", "ProbeContext", "CurvatureProbe", "measure_curvature", "hessian_matvec",
+    "Probe", "ProbeContext", "CurvatureProbe", "MinNormDistance", "measure_curvature", "hessian_matvec",
     "dense_hessian", "hutchinson", "hutch_plus_plus", "lanczos_eigs", "slq", "slq_density",
     "batch_sharpness", "gradient_noise", "layer_traces",
     # traces, checkpoints, sweeps

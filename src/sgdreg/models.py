@@ -99,6 +99,7 @@ class RandomFeatures(eqx.Module):
 
     ``kind="fourier"``: φ(x) = √(2/N)·cos(⟨v,x⟩ + b), v ~ N(0, σ⁻²I), b ~ U[0, 2π)
     (Rahimi & Recht 2007; Belkin et al. 2019). ``kind="relu"``: φ(x) = ReLU(⟨v,x⟩)/√N, v ~ N(0, I/d).
+    ``zero_init`` starts the read-out at a = 0 (the features are drawn from ``key`` either way).
     """
 
     proj: jax.Array
@@ -106,8 +107,8 @@ class RandomFeatures(eqx.Module):
     readout: eqx.nn.Linear
     kind: str = eqx.field(static=True)
 
-    def __init__(self, in_size, out_size, width=512, kind="fourier", bandwidth=5.0, *, key,
-                 dtype=None):
+    def __init__(self, in_size, out_size, width=512, kind="fourier", bandwidth=5.0,
+                 zero_init=False, *, key, dtype=None):
         kv, kb, kr = jax.random.split(key, 3)
         dtype = dtype or jnp.zeros(()).dtype
         if kind == "fourier":
@@ -118,7 +119,8 @@ class RandomFeatures(eqx.Module):
             self.phase = jnp.zeros((width,), dtype)
         else:
             raise ValueError(f"unknown random-feature kind {kind!r}; choose fourier or relu")
-        self.readout = eqx.nn.Linear(width, out_size, use_bias=False, key=kr, dtype=dtype)
+        readout = eqx.nn.Linear(width, out_size, use_bias=False, key=kr, dtype=dtype)
+        self.readout = jax.tree.map(jnp.zeros_like, readout) if zero_init else readout
         self.kind = kind
 
     def features(self, x):
@@ -133,8 +135,16 @@ class RandomFeatures(eqx.Module):
 
 
 def make_model(name: str, in_shape: tuple[int, ...], out_size: int, *, key, width: int = 128,
-               depth: int = 1, activation: str = "relu", dtype=None) -> eqx.Module:
-    """Build a model by its CLI name for inputs of shape ``in_shape`` (one example)."""
+               depth: int = 1, activation: str = "relu", dtype=None,
+               zero_init: bool = True) -> eqx.Module:
+    """Build a model by its CLI name for inputs of shape ``in_shape`` (one example).
+
+    ``linear`` and ``random-features`` start their trained parameters at θ0 = 0 (``zero_init``,
+    the default; False: Equinox's random init): both are linear in θ, so MSE and cross-entropy
+    are convex in θ and there is no symmetry to break; from zero, GD/SGD on MSE stay in the row
+    space of the features and converge to the minimum-norm solution Φ⁺Y (Zhang et al. 2017 §5;
+    ``sgdreg.min_norm``). The seed then draws only the random features (and the data order).
+    ``mlp``/``cnn`` ignore ``zero_init`` (their hidden units need a random start)."""
     d = math.prod(in_shape)
     if name == "mlp":
         return MLP(d, out_size, width, depth, activation, key=key, dtype=dtype)
@@ -143,9 +153,9 @@ def make_model(name: str, in_shape: tuple[int, ...], out_size: int, *, key, widt
             raise ValueError("the cnn model needs image data (channels, height, width)")
         return CNN(in_shape, out_size, width, activation, key=key, dtype=dtype)
     if name == "linear":
-        return LinearModel(d, out_size, key=key, dtype=dtype)
+        return LinearModel(d, out_size, zero_init=zero_init, key=key, dtype=dtype)
     if name == "random-features":
-        return RandomFeatures(d, out_size, width, key=key, dtype=dtype)
+        return RandomFeatures(d, out_size, width, zero_init=zero_init, key=key, dtype=dtype)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
 
 

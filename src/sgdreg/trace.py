@@ -52,14 +52,37 @@ def to_json_value(v: Any) -> Any:
     return v
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux ``/proc``);
+    otherwise set-and-restore, which is what ``os.umask`` offers."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write via a temp file in the same directory, fsync, rename: readers see the old file or
-    the new one, never half of one (traces, checkpoints, indexes all go through here)."""
+    the new one, never half of one (traces, checkpoints, indexes all go through here).
+
+    Permissions are those of a plain ``open(path, "w")``: an existing file keeps its mode, a new
+    one gets ``0o666 & ~umask`` (``mkstemp`` alone would leave it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        mode = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -162,15 +185,19 @@ def validate_trace(doc: Any) -> list[str]:
     return problems
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TraceError(f"{path} is not valid JSON ({e.__class__.__name__}: {e})") from None
+
+
 def load_trace(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate a trace; TraceError with one line on any problem."""
     path = Path(path)
     if not path.is_file():
         raise TraceError(f"no trace file at {path}")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TraceError(f"{path} is not valid JSON ({e.__class__.__name__}: {e})") from None
+    doc = _read_json(path)
     problems = validate_trace(doc)
     if problems:
         raise TraceError(f"{path} is not a valid sgdreg trace: {'; '.join(problems)}")
@@ -212,13 +239,42 @@ def to_dataframe(trace: dict | str | os.PathLike):
     return df
 
 
-def load_traces(directory: str | os.PathLike):
+def _scan(folder: Path) -> list[tuple[Path, dict]]:
+    """(path, validated trace) for every JSON file under ``folder`` whose ``schema`` is the trace
+    schema; other JSON (``summary.json``, sweep indexes) is skipped; none at all is an error."""
+    if not folder.is_dir():
+        raise TraceError(f"no folder at {folder}")
+    found = []
+    for path in sorted(folder.rglob("*.json")):
+        doc = _read_json(path)
+        if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
+            problems = validate_trace(doc)
+            if problems:
+                raise TraceError(f"{path} is not a valid sgdreg trace: {'; '.join(problems)}")
+            found.append((path, doc))
+    if not found:
+        raise TraceError(f"no sgdreg traces (schema {SCHEMA}) under {folder}")
+    return found
+
+
+def find_traces(paths: str | os.PathLike | list) -> list[tuple[Path, dict]]:
+    """(path, validated trace) for each path: a file must be a trace (``load_trace``); a folder
+    contributes every trace under it, recursively, skipping JSON that is not a trace."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    out = []
+    for p in map(Path, items):
+        out.extend(_scan(p) if p.is_dir() else [(p, load_trace(p))])
+    return out
+
+
+def load_traces(directory: str | os.PathLike | list):
     """One long-form DataFrame (``to_dataframe`` rows, ``run_id`` column) over every trace JSON
-    under ``directory`` (recursively: flat ``compare`` folders and sweep ``traces/`` alike).
+    under ``directory`` (recursively: flat ``compare`` folders and sweep ``traces/`` alike; a list
+    of folders and trace files is accepted too).
 
     JSON files that are not traces (``summary.json``, sweep indexes, ...) are skipped; a file
-    that claims the trace schema but does not validate is a ``TraceError``, as is a folder with
-    no trace at all.
+    that is not JSON, or claims the trace schema but does not validate, is a ``TraceError``, as
+    is a folder with no trace at all.
 
     Example:
         >>> df = sgdreg.load_traces("runs")                                 # doctest: +SKIP
@@ -226,17 +282,36 @@ def load_traces(directory: str | os.PathLike):
     """
     import pandas as pd
 
-    folder = Path(directory)
-    if not folder.is_dir():
-        raise TraceError(f"no folder at {folder}")
-    frames = []
-    for path in sorted(folder.rglob("*.json")):
-        try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise TraceError(f"{path} is not valid JSON ({e.__class__.__name__}: {e})") from None
-        if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
-            frames.append(to_dataframe(load_trace(path)))
-    if not frames:
-        raise TraceError(f"no sgdreg traces (schema {SCHEMA}) under {folder}")
+    if isinstance(directory, (str, os.PathLike)) and not Path(directory).is_dir():
+        raise TraceError(f"no folder at {directory}")
+    frames = [to_dataframe(doc) for _, doc in find_traces(directory)]
     return pd.concat(frames, ignore_index=True)
+
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def parquet_engine() -> str | None:
+    """The installed pandas parquet engine (``pyarrow`` or ``fastparquet``), or None."""
+    import importlib.util
+
+    return next((m for m in ("pyarrow", "fastparquet") if importlib.util.find_spec(m)), None)
+
+
+def write_table(df, path: str | os.PathLike) -> Path:
+    """Write a DataFrame atomically: parquet for ``.parquet``/``.pq`` (needs pyarrow or
+    fastparquet: ``pip install 'sgdreg[parquet]'``), CSV otherwise."""
+    import io
+
+    path = Path(path)
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        engine = parquet_engine()
+        if engine is None:
+            raise TraceError(f"writing {path.name} needs pyarrow or fastparquet "
+                             "(pip install 'sgdreg[parquet]'); or write a .csv file")
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False, engine=engine)
+        atomic_write_bytes(path, buf.getvalue())
+    else:
+        atomic_write_text(path, df.to_csv(index=False))
+    return path

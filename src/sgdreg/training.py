@@ -33,6 +33,7 @@ from .data import Dataset
 from .engine import Problem, Run, execute, init_state
 from .errors import ConfigError, ModelError, PrecisionError
 from .losses import LossFn, Objective, check_objective, is_stateful, is_stochastic, loss_name
+from .min_norm import MinNormDistance, is_linear_in_params, starts_at_zero
 from .models import layer_names, make_model, num_params, trainable_filter
 from .probes import CurvatureProbe, Probe
 from .trace import device_info, versions
@@ -250,7 +251,10 @@ def train(cfg: RunConfig, dataset: Dataset | None = None, *, trace_path=None,
     The configuration door of ``run`` (the CLI and sweep grids use it): data from
     ``cfg.dataset`` (or ``dataset``), the preset ``cfg.model`` from ``cfg.seed`` (or your
     ``model``/``state``: the trace then records its class, not the preset), ``cfg.optimizer``,
-    ``cfg.loss``; the curvature probe every ``cfg.hessian_every`` steps when set.
+    ``cfg.loss``; the curvature probe every ``cfg.hessian_every`` steps when set; for a
+    ``LinearModel``/``RandomFeatures`` with the MSE loss started at θ0 = 0 (the presets
+    ``linear``/``random-features`` are), ``MinNormDistance`` (``dist_to_min_norm`` at every
+    logged row, the min-norm solution's train/test loss and accuracy in the summary).
 
     Args:
         cfg: the run's ``RunConfig``; dataset: a ``Dataset`` overriding ``cfg.dataset``.
@@ -263,11 +267,23 @@ def train(cfg: RunConfig, dataset: Dataset | None = None, *, trace_path=None,
     """
     s = setup or build(cfg, dataset, model, state)
     cfg = s.cfg
-    if cfg.hessian_every and not any(p.name == "curvature" for p in probes):
-        probes = [*probes, CurvatureProbe.from_config(cfg)]
     return _execute(s, steps=cfg.steps, log_every=cfg.log_every, lr=cfg.lr, seed=cfg.seed,
-                    probes=probes, stop_loss=cfg.stop_loss, trace_path=trace_path,
-                    progress=progress, run_cfg={}, run_id=run_id(cfg))
+                    probes=config_probes(s, probes), stop_loss=cfg.stop_loss,
+                    trace_path=trace_path, progress=progress, run_cfg={}, run_id=run_id(cfg))
+
+
+def config_probes(s: Setup, probes: Sequence[Probe] = ()) -> list[Probe]:
+    """``probes`` plus those ``train(cfg)`` adds unless given: ``CurvatureProbe`` every
+    ``cfg.hessian_every`` steps; ``MinNormDistance`` at every logged row when the model is
+    linear in its trained parameters (``LinearModel``, ``RandomFeatures``), the loss is MSE and
+    θ0 = 0 (θ* = Φ⁺Y computed here, once per run)."""
+    cfg, probes, names = s.cfg, list(probes), {p.name for p in probes}
+    if cfg.hessian_every and "curvature" not in names:
+        probes.append(CurvatureProbe.from_config(cfg))
+    if (cfg.loss == "mse" and MinNormDistance.name not in names
+            and is_linear_in_params(s.model0) and starts_at_zero(s.params0)):
+        probes.append(MinNormDistance.for_model(s.model0, s.dataset, every=cfg.log_every))
+    return probes
 
 
 def _check_counts(**values):
@@ -401,12 +417,17 @@ def _default_name(dynamics: dyn.AbstractDynamics, kwargs) -> str:
 
 
 def run_id(cfg: RunConfig) -> str:
-    return f"{cfg.optimizer}_lr{cfg.lr:g}_b{cfg.batch_size}_s{cfg.seed}"
+    """``<optimizer>_lr<h>[_b<B>]_s<seed>``: B only for minibatch methods (as ``_default_name``)."""
+    b = "" if cfg.full_batch else f"_b{cfg.batch_size}"
+    return f"{cfg.optimizer}_lr{cfg.lr:g}{b}_s{cfg.seed}"
 
 
 SUMMARY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "gen_gap", "acc_gap",
                 "weight_norm", "dist_from_init", "grad_norm_sq", "igr_gd", "igr_sgd_var",
                 "modified_loss_gd", "modified_loss_sgd")
+PROBE_SUMMARY_KEYS = ("hessian_trace", "hessian_trace_stderr", "lambda_max",
+                      "lambda_max_converged", "eos_threshold", "batch_sharpness",
+                      "batch_sharpness_stderr", "dist_to_min_norm")
 
 
 def summarize(doc: dict) -> dict:
@@ -416,6 +437,16 @@ def summarize(doc: dict) -> dict:
     for k in SUMMARY_KEYS:
         if k in m:
             out[k] = m[k][-1]
+    for k in PROBE_SUMMARY_KEYS:  # probes log at their own cadence: their last recorded value
+        last = next((v for v in reversed(m.get(k, [])) if v is not None), None)
+        if last is not None:
+            out[k] = last
+    mn = doc.get("probes", {}).get("min_norm", {})  # the min-norm solution θ* = Φ⁺Y itself
+    for part in ("train", "test"):
+        if f"{part}_loss" in mn:
+            out[f"min_norm_{part}_loss"] = mn[f"{part}_loss"]
+        if f"{part}_error" in mn:
+            out[f"min_norm_{part}_acc"] = 1 - mn[f"{part}_error"]
     acc = m.get("train_acc")
     out["steps_to_fit"] = next(
         (st for st, a in zip(m["step"], acc) if a is not None and a >= 1.0), None

@@ -4,7 +4,8 @@
   reaching the minimum-norm linear interpolant, and the preprocessing table showing that the norm
   does not track test error.
 * ``gd_min_norm`` — GD from W0 = 0 on a linear least-squares model with d ≥ n, with the
-  ``MinNormDistance`` probe ‖W − W*‖/‖W*‖ in its trace.
+  ``MinNormDistance`` probe ‖W − W*‖/‖W*‖ in its trace (the probe and ``dist_to_min_norm`` live
+  in ``sgdreg.min_norm``; re-exported here).
 
 The closed forms are in ``sgdreg.kernels``; the figure in ``sgdreg.plotting.kernel``.
 """
@@ -17,42 +18,8 @@ import numpy as np
 
 from ..config import ConfigError, RunConfig
 from ..data import Dataset, subsample
+from ..min_norm import MinNormDistance, dist_to_min_norm  # re-exported (moved to the core)
 from ._common import Progress, say, trace_path
-
-
-class MinNormDistance:
-    """Probe: ‖W − W*‖_F / ‖W*‖_F for a ``LinearModel``, W* the minimum-norm interpolant."""
-
-    name = "min_norm"
-
-    def __init__(self, w_star: np.ndarray, every: int):
-        self.w_star, self.every = np.asarray(w_star, dtype=np.float64), every
-
-    def __call__(self, params, ctx) -> dict[str, Any]:
-        w = np.asarray(params.linear.weight, dtype=np.float64)
-        return {"dist_to_min_norm": float(np.linalg.norm(w - self.w_star)
-                                          / np.linalg.norm(self.w_star))}
-
-    def describe(self) -> dict[str, Any]:
-        return {"definition": "‖W − W*‖_F/‖W*‖_F, W* = (Xᵀ(XXᵀ)⁻¹Y)ᵀ the min-norm interpolant",
-                "norm_min_norm": float(np.linalg.norm(self.w_star))}
-
-
-def dist_to_min_norm(model, cfg, dataset) -> float | None:
-    """‖W−W*‖_F/‖W*‖_F, W* the min-norm interpolant (Zhang et al. 2017 §5), for a linear model
-    trained with MSE on d ≥ n examples (``MinNormDistance``); None otherwise."""
-    from ..kernels import flatten_inputs, min_norm_interpolant, target_matrix
-
-    if cfg.model != "linear" or cfg.loss != "mse":
-        return None
-    x = flatten_inputs(dataset.x_train)
-    if x.shape[0] > x.shape[1]:
-        return None
-    try:
-        w_star = min_norm_interpolant(x, target_matrix(dataset.y_train, dataset.num_classes)).T
-    except ValueError:  # XXᵀ singular: no exact interpolant
-        return None
-    return MinNormDistance(w_star, 1)(model, None)["dist_to_min_norm"]
 
 
 def gd_min_norm(ds: Dataset, steps: int, lr: float | None = None, log_every: int | None = None,
