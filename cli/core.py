@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Annotated
 
@@ -47,6 +51,7 @@ SlqOpt = Annotated[bool, Opt("--slq", help="Also record the SLQ spectral density
 
 
 AUTO_CURVATURE_PROBES = 10  # compare's default: about this many curvature probes per run
+DEFAULT_DIGITS_N = 256  # compare's default subset of digits (README: "the default")
 
 
 def make_configs(optimizers: str, lr: str, **common) -> list[RunConfig]:
@@ -68,19 +73,22 @@ def validate_early(cfg: RunConfig) -> None:
     validate(cfg if cfg.log_every is not None else cfg.replace(log_every=1))
 
 
-FULL_BATCH_LOG_EVERY = 10
+FULL_BATCH_LOG_EVERY = 10  # at least; and at most about FULL_BATCH_ROWS rows per run
+FULL_BATCH_ROWS = 200
 
 
 def default_log_every(cfg: RunConfig, n_train: int) -> int:
     """The CLI's ``--log-every`` default k: about once per epoch (m = ⌊n/B⌋ steps) for minibatch
-    methods, every 10 steps for full-batch ones (a logged row evaluates the full train and test
-    sets, so SGD logging every 10 steps costs more than its training).
+    methods (a logged row evaluates the full train and test sets, so SGD logging every 10 steps
+    costs more than its training); for full-batch ones every max(10, ⌊steps/200⌋) steps (a row
+    costs about one step; 200 rows draw any curve).
 
     With curvature probes on, k divides ``hessian_every`` (probes run on logged rows,
     ``validate``): the largest divisor not above the base. Then, among k/2 … k, the largest
     value that also divides ``steps`` is preferred: a remainder chunk of another length would
     be one more compiled program (``engine.advance``: num_steps is static)."""
-    base = FULL_BATCH_LOG_EVERY if cfg.full_batch else max(1, cfg.steps_per_epoch(n_train))
+    base = (max(FULL_BATCH_LOG_EVERY, cfg.steps // FULL_BATCH_ROWS) if cfg.full_batch
+            else max(1, cfg.steps_per_epoch(n_train)))
     he = cfg.hessian_every
     if he > 0 and he % base:
         base = max(d for d in range(1, min(base, he) + 1) if he % d == 0)
@@ -105,11 +113,11 @@ def auto_hessian_every(cfg: RunConfig, probes: int) -> int:
 
 
 def run_grid(cfgs: list[RunConfig], epochs: float | None, out: Path, label: str,
-             curvature_probes: int = 0):
+             curvature_probes: int = 0, after_compile: Callable[[], None] | None = None):
     """Load data once, resolve what depends on n (``--epochs``; the default ``log_every``, see
     ``default_log_every``; with ``curvature_probes`` > 0, ``hessian_every`` for runs that have
     none, see ``auto_hessian_every``), validate every run against it, then train each run into
-    ``out``."""
+    ``out`` (``run_concurrently``); ``after_compile()`` runs once every run has compiled."""
     from sgdreg.training import load_data, train
 
     ds = load_data(cfgs[0])
@@ -124,31 +132,79 @@ def run_grid(cfgs: list[RunConfig], epochs: float | None, out: Path, label: str,
     out.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]{label}[/] on {ds.name} (n={ds.n_train}, test {ds.n_test}) → {out}")
     prog, callback_for = progress_bar(label, len(cfgs))
-    results = []
-    with prog:
-        for c in cfgs:
-            from sgdreg.training import run_id
+    stop = threading.Event()
 
-            rid = run_id(c)
-            # the first chunk compiles (seconds, with the bar at 0): say so before it starts
-            curv = f", curvature every {c.hessian_every}" if c.hessian_every else ""
-            console.print(f"  {rid}: compiling {c.optimizer} (h={c.lr:g}, logging every "
-                          f"{c.log_every} steps{curv})…", highlight=False, soft_wrap=True)
-            timer = FirstChunkTimer(callback_for(rid, c.steps))
+    def one(c: RunConfig, compiled: threading.Event):
+        from sgdreg.training import run_id
+
+        rid = run_id(c)
+        # the first chunk compiles (seconds, with the bar at 0): say so before it starts
+        curv = f", curvature every {c.hessian_every}" if c.hessian_every else ""
+        console.print(f"  {rid}: compiling {c.optimizer} (h={c.lr:g}, logging every "
+                      f"{c.log_every} steps{curv})…", highlight=False, soft_wrap=True)
+        timer = FirstChunkTimer(callback_for(rid, c.steps), stop, compiled)
+        try:
             res = train(c, ds, trace_path=out / f"{rid}.json", progress=timer)
-            console.print(f"  {rid}: {res.trace['status']} in {timer.elapsed():.1f} s"
-                          + (f" (first chunk after {timer.first:.1f} s, mostly compilation)"
-                             if timer.first is not None else ""), highlight=False, soft_wrap=True)
-            results.append(res)
-    return ds, results
+        finally:
+            compiled.set()
+        console.print(f"  {rid}: {res.trace['status']} in {timer.elapsed():.1f} s"
+                      + (f" (first chunk after {timer.first:.1f} s, mostly compilation)"
+                         if timer.first is not None else ""), highlight=False, soft_wrap=True)
+        return res
+
+    with prog:
+        return ds, run_concurrently(one, cfgs, stop, after_compile)
+
+
+def run_concurrently(fn, cfgs: list[RunConfig], stop: threading.Event,
+                     after_compile: Callable[[], None] | None = None) -> list:
+    """``[fn(c, compiled) for c in cfgs]``, up to one run per CPU core at a time on the CPU
+    backend. XLA runs these small programs on one core each, so two runs on two cores take the
+    time of the longer one (results are identical to running them in turn); tracing and
+    compiling hold Python's GIL, so run k + 1 starts when run k has compiled (``fn`` sets
+    ``compiled``): one run's compilation overlaps the other's training. On an accelerator, or
+    with one core or one run, in turn. Ctrl-C sets ``stop``: every run stops at its next logged
+    row with status ``interrupted``, then KeyboardInterrupt is raised here."""
+    import jax
+
+    workers = min(len(cfgs), os.cpu_count() or 1) if jax.default_backend() == "cpu" else 1
+    if workers <= 1:
+        results = []
+        for c in cfgs:
+            results.append(fn(c, threading.Event()))
+            if after_compile and len(results) == 1:
+                after_compile()
+        return results
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sgdreg-run")
+    futures = []
+    try:
+        for c in cfgs:
+            compiled = threading.Event()
+            futures.append(pool.submit(fn, c, compiled))
+            while not compiled.wait(0.05):  # Ctrl-C stays deliverable while waiting
+                if futures[-1].done():
+                    break
+        if after_compile:
+            after_compile()
+        wait(futures)
+    except KeyboardInterrupt:
+        stop.set()
+        wait(futures)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    return [f.result() for f in futures]
 
 
 class FirstChunkTimer:
-    """A ``train`` progress callback that passes rows on and notes when the first chunk after
-    step 0 arrived (seconds since creation: setup + compilation + one chunk)."""
+    """A ``train`` progress callback that passes rows on, notes when the first chunk after step
+    0 arrived (seconds since creation: setup + compilation + one chunk; sets ``compiled``) and
+    stops the run (KeyboardInterrupt: status ``interrupted``) once ``stop`` is set."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, stop: threading.Event | None = None,
+                 compiled: threading.Event | None = None):
         self.inner, self.start, self.first = inner, time.perf_counter(), None
+        self.stop, self.compiled = stop, compiled
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -156,7 +212,11 @@ class FirstChunkTimer:
     def __call__(self, step: int, total: int, row: dict) -> None:
         if step > 0 and self.first is None:
             self.first = self.elapsed()
+            if self.compiled is not None:
+                self.compiled.set()
         self.inner(step, total, row)
+        if self.stop is not None and self.stop.is_set():
+            raise KeyboardInterrupt  # the engine marks the trace 'interrupted'
 
 
 TABLE = (("train_loss", "train L"), ("test_loss", "test L"), ("gen_gap", "gen gap (test L − train L)"),
@@ -223,8 +283,9 @@ def compare(
     momentum: MomentumOpt = 0.9,
     log_every: LogOpt = None,
     data_dir: DataDirOpt = None,
-    n_train: Annotated[int, Opt("--n-train", help="Use the first n training "
-                                "examples (0: all).")] = 256,
+    n_train: Annotated[int | None, Opt("--n-train", help="Use the first n training examples "
+                                       "(default: 256 for digits, all of any other dataset; "
+                                       "0: all).")] = None,
     dtype: DtypeOpt = "float32",
     hessian_every: Annotated[int | None, Opt("--hessian-every", help="Curvature probes "
                                              "every k steps (default: about 10 per run).")]
@@ -241,7 +302,13 @@ def compare(
 ):
     """Train the same model from the identical θ0 under several optimizers (and lrs).
 
-    Writes one JSON trace per run, compare.png and summary.json into the output directory.
+    The default is chosen to show implicit regularization at h = 0.1: a tanh MLP
+    64-128-128-10 with the MSE loss on the first 256 digits, 3000 steps, where full-batch GD
+    sharpens to the edge of stability (λ_max → 2/h = 20) while SGD (B = 16) stays flatter
+    (lower λ_max and tr H). Curvature probes (Hutchinson tr H ± stderr, Lanczos λ_max, batch
+    sharpness) run about 10 times per run unless --no-curvature. Runs train concurrently, one
+    per CPU core. Writes one JSON trace per run, compare.png and summary.json into the output
+    directory; the table (or --json) goes to stdout, progress to stderr.
 
     Examples:
 
@@ -249,8 +316,12 @@ def compare(
 
       sgdreg compare --optimizers gd,sgd,flow,momentum,adam --lr 0.05,0.1 --steps 500
 
+      sgdreg compare --model linear --dataset linreg --optimizers gd,sgd --no-curvature
+
       sgdreg compare --optimizers gd,sgd --hessian-every 100 --probes 50 --slq
     """
+    if n_train is None:  # the embedded default: 256 of digits' 1438 (see the README)
+        n_train = DEFAULT_DIGITS_N if dataset == "digits" else 0
     if n_train < 0:
         raise UsageProblem(f"--n-train must be ≥ 0 (0: all examples), got {n_train}")
     if no_curvature and hessian_every:
@@ -263,7 +334,12 @@ def compare(
                         hessian_every=hessian_every or 0, probes=probes,
                         lanczos_steps=lanczos_steps, top_k=top_k, hessian_n=hessian_n, slq=slq)
     dest = out_dir(out, "compare")
-    ds, results = run_grid(cfgs, epochs, dest, "compare", curvature_probes=auto)
+    from sgdreg.plotting.common import preload
+
+    # matplotlib/seaborn imported in the background while the runs train (not while they
+    # compile: both need the GIL)
+    ds, results = run_grid(cfgs, epochs, dest, "compare", curvature_probes=auto,
+                           after_compile=preload)
     from sgdreg.plotting.compare import compare_figure
     from sgdreg.trace import atomic_write_json
 

@@ -67,16 +67,19 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
     runs: dict[str, list[dict]] = {"gd": [], "sgd": []}
+    repo = ROOT.parent
     for seed in range(args.seeds):
         out = DATA / f"seed{seed}"
         if out.exists():
             shutil.rmtree(out)
         subprocess.run([sys.executable, "-m", "sgdreg", *COMMAND, "--seed", str(seed),
-                        "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+                        "--out", str(out.relative_to(repo))], check=True, cwd=repo,
+                       stdout=subprocess.DEVNULL)
         summary = json.loads((out / "summary.json").read_text())
         for r in summary["runs"]:
-            doc = json.loads(Path(r["trace"]).read_text())
+            doc = json.loads((repo / r["trace"]).read_text())
             runs[r["config"]["optimizer"]].append(quantities(doc))
+
     keys = list(runs["gd"][0])
     stats = {}
     for k in keys:

@@ -100,3 +100,39 @@ def test_train_checkpoint_then_hessian(tmp_path, capsys):
     assert res["lambda_max"] >= res["top_eigenvalues"][1] and res["hessian_trace_stderr"] > 0
     assert (tmp_path / "h" / "density.png").is_file() and res["density_sigma_std"] > 0
     assert main(["hessian", str(tmp_path / "nope.eqx")]) == 2
+
+
+def test_compare_linear_model_drifts_to_the_min_norm_solution(tmp_path, capsys):
+    """Zhang et al. §5 in the main job: GD and SGD from θ0 = 0 on an over-parameterised linear
+    model (linreg: n = 50 < d = 200, MSE) both reach the minimum-norm interpolant; the table
+    and figure carry dist_to_min_norm and the min-norm solution's test loss."""
+    out = tmp_path / "lin"
+    assert main(["compare", "--model", "linear", "--dataset", "linreg", "--optimizers", "gd,sgd",
+                 "--no-curvature", "--steps", "600", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    gd, sgd = summary["runs"]
+    assert gd["dist_to_min_norm"] < 1e-5 and sgd["dist_to_min_norm"] < 1e-4
+    assert gd["min_norm_test_loss"] == sgd["min_norm_test_loss"] > 0
+    assert abs(gd["test_loss"] - gd["min_norm_test_loss"]) < 1e-4
+    from sgdreg.plotting.compare import compare_panels
+
+    docs = [load_trace(out / f"{r['run_id']}.json") for r in summary["runs"]]
+    assert "min_norm" in compare_panels(docs) and "trace" not in compare_panels(docs)
+
+
+def test_compare_panels_follow_the_instruments():
+    """The figure draws a panel for each instrument present: loss/gap, IGR terms, tr H, λ_max
+    (with batch sharpness), norms and the gap-vs-tr H link when curvature was probed."""
+    from sgdreg.plotting.compare import compare_panels
+
+    def doc(**metrics):
+        n = 3
+        base = {"step": [0, 1, 2], "t": [0, 0.1, 0.2], "train_loss": [1.0] * n,
+                "test_loss": [1.1] * n, "gen_gap": [0.1] * n, "igr_gd": [0.1] * n,
+                "weight_norm": [1.0] * n}
+        return {"metrics": {**base, **metrics}, "config": {"optimizer": "gd", "lr": 0.1}}
+
+    assert compare_panels([doc()]) == ["loss", "gap", "igr", "norms"]
+    curv = doc(hessian_trace=[None, None, 5.0], lambda_max=[None, None, 2.0])
+    assert compare_panels([doc(), curv]) == ["loss", "gap", "igr", "trace", "sharpness", "norms",
+                                             "link"]

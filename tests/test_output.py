@@ -165,6 +165,8 @@ def test_default_log_every():
     assert default_log_every(sgd, n) == 44
     assert default_log_every(RunConfig(optimizer="gd", steps=1000), n) == 10
     assert default_log_every(RunConfig(optimizer="flow", steps=1000), n) == 10
+    # long full-batch runs: about 200 rows (compare's default: 3000 steps → every 15)
+    assert default_log_every(RunConfig(optimizer="gd", steps=3000), n) == 15
     # 1000 steps: 40 divides them (no extra remainder chunk to compile) and is near one epoch
     assert default_log_every(sgd.replace(steps=1000), n) == 40
     # a prime step count: keep the epoch, accept the remainder chunk
@@ -241,3 +243,32 @@ def test_no_cache_option_and_env_and_cache_dir(monkeypatch, tmp_path):
     assert cli_main.cache_dir() == tmp_path / "sgdreg" / "jax"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert str(cli_main.cache_dir()).endswith(os.path.join(".cache", "sgdreg", "jax"))
+
+
+def test_runs_train_concurrently_in_order_and_stop_interrupts_them():
+    """compare's runs share the CPU cores (run k+1 starts once run k compiled) and come back in
+    the order given; a set ``stop`` turns the next logged row into KeyboardInterrupt (the
+    engine then marks the trace 'interrupted')."""
+    import threading
+
+    from sgdreg_cli.core import FirstChunkTimer, run_concurrently
+
+    started = []
+
+    def fn(c, compiled):
+        started.append(c)
+        compiled.set()
+        return c * 10
+
+    assert run_concurrently(fn, [1, 2, 3], threading.Event()) == [10, 20, 30]
+    assert sorted(started) == [1, 2, 3]
+    rows, stop, compiled = [], threading.Event(), threading.Event()
+    timer = FirstChunkTimer(lambda *a: rows.append(a), stop, compiled)
+    timer(0, 10, {})
+    assert not compiled.is_set()
+    timer(5, 10, {})
+    assert compiled.is_set() and timer.first is not None
+    stop.set()
+    with pytest.raises(KeyboardInterrupt):
+        timer(10, 10, {})
+    assert len(rows) == 3  # the row is passed on before stopping

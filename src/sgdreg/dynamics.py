@@ -26,7 +26,6 @@ import functools
 import inspect
 from typing import Any, ClassVar
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -358,6 +357,8 @@ class GradientFlow(AbstractDynamics):
         """One ``diffeqsolve`` over [step0·h, (step0 + n)·h]; a failed or non-finite solve
         freezes the run at its last good state. A frozen run integrates over an empty span (so
         under vmap it costs no solver steps)."""
+        import diffrax  # imported on first use: ~0.6 s that runs without a flow never pay
+
         h = state.hyper.lr
         t0 = h * step0.astype(h.dtype)
         t1 = jnp.where(state.running, h * (step0 + num_steps).astype(h.dtype), t0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
 from .data import Dataset, preprocess
 from .randomization import randomize
@@ -29,6 +28,8 @@ def min_norm_interpolant(X: np.ndarray, y: np.ndarray) -> np.ndarray:
             "use an RBF kernel (kernel_interpolate(ds, kernel='rbf'))"
         )
     G = X @ X.T
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve  # lazy: ~0.25 s
+
     try:
         c = cho_factor(G, lower=True)
     except LinAlgError as err:
@@ -107,6 +108,8 @@ def kernel_interpolate(ds: Dataset, kernel: str = "rbf", bandwidth: float | None
         kfn = linear_kernel
     Y = target_matrix(ds.y_train, ds.num_classes)
     K = kfn(X, X)
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve  # lazy: ~0.25 s
+
     try:
         c = cho_factor(K + reg * np.eye(n), lower=True)
     except LinAlgError as err:

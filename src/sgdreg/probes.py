@@ -15,9 +15,12 @@ so that modified_loss_sgd = modified_loss_gd + igr_sgd_var exactly when B divide
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -181,43 +184,76 @@ class CurvatureProbe:
         from . import curvature as cv
 
         obj, chunk = ctx.problem.objective, ctx.problem.eval_chunk
-        x, y = ctx.data.x_train[: self.subset], ctx.data.y_train[: self.subset]
-        hv = cv.hessian_matvec(obj.example_loss, params, x, y, chunk)
-        dim = hv.dim
-        k_tr, k_lz, k_min, k_slq, k_bs = jax.random.split(ctx.key, 5)
-        tr = cv.hutchinson(hv, dim, k_tr, self.num_probes, self.kind)
+        x, y = ctx.data.x_train, ctx.data.y_train
+        if self.subset is not None and self.subset < x.shape[0]:
+            x, y = x[: self.subset], y[: self.subset]
         v0 = ctx.memory.get("top_vector")
-        if v0 is None:  # lanczos_eigs' own Gaussian start, drawn here: one compilation, not two
-            v0 = jax.random.normal(k_lz, (dim,), hv.dtype)
-        top = cv.lanczos_eigs(hv, dim, self.top_k, self.lanczos_steps, key=k_lz, v0=v0)
-        low = cv.lanczos_eigs(hv, dim, 1, self.lanczos_steps, key=k_min, which="smallest")
-        ctx.memory["top_vector"] = top.eigenvectors[0]
-        lam = float(top.eigenvalues[0])
-        wn2 = float(sq_norm(params))
-        out = {
-            "hessian_trace": float(tr.estimate),
-            "hessian_trace_stderr": float(tr.stderr),
-            "hessian_trace_sq": float(tr.trace_sq),
-            "layer_hessian_traces": [float(v) for v in cv.layer_traces(tr.diag, params).values()],
-            "lambda_max": lam,
-            "lambda_max_residual": float(top.residuals[0]),
-            "lambda_max_converged": bool(top.converged[0]),
-            "top_eigenvalues": [float(v) for v in top.eigenvalues],
-            "lambda_min": float(low.eigenvalues[0]),
-            "lambda_min_residual": float(low.residuals[0]),
-            "lambda_max_scaled": lam * wn2,
-            "eos_threshold": self.threshold,
-            "grad_var": float(cv.gradient_noise(obj.example_loss, params, x, y)),
-        }
-        if self.batch_size and self.batch_size < x.shape[0]:
-            bs = cv.batch_sharpness(obj.example_loss, params, x, y, k_bs, self.batch_size,
-                                    self.sharpness_batches, chunk)
-            out |= {"batch_sharpness": float(bs.mean), "batch_sharpness_stderr": float(bs.stderr)}
-        if self.slq:
-            q = cv.slq(hv, dim, k_slq, self.slq_starts, self.lanczos_steps, self.kind)
-            out |= {"slq_nodes": jax.device_get(q.nodes).tolist(),
-                    "slq_weights": jax.device_get(q.weights).tolist()}
+        # one program for every run of a model (GD and SGD alike: concurrent runs wait for
+        # its first compilation instead of tracing it twice), one for the batch sharpness
+        signature = (self.num_probes, self.kind, self.lanczos_steps, self.top_k, self.slq,
+                     x.shape, x.dtype, jax.tree.structure(params), self.batch_size)
+        with _PROBE_LOCK if signature not in _COMPILED else contextlib.nullcontext():
+            out, top_vector, k_bs = _curvature(
+                obj.example_loss, params, x, y, ctx.key,
+                jnp.zeros(_dim(params), x.dtype) if v0 is None else v0,
+                num_probes=self.num_probes, kind=self.kind, lanczos_steps=self.lanczos_steps,
+                top_k=self.top_k, chunk=chunk, slq_starts=self.slq_starts if self.slq else 0)
+            out, top_vector = jax.device_get((out, top_vector))
+            if self.batch_size and self.batch_size < x.shape[0]:
+                bs = jax.device_get(cv.batch_sharpness(obj.example_loss, params, x, y, k_bs,
+                                                       self.batch_size, self.sharpness_batches,
+                                                       chunk))
+                out |= {"batch_sharpness": bs.mean, "batch_sharpness_stderr": bs.stderr}
+            _COMPILED.add(signature)
+        ctx.memory["top_vector"] = top_vector
+        out = {k: (v.tolist() if getattr(v, "ndim", 0) else v.item()) for k, v in out.items()}
+        out["eos_threshold"] = self.threshold
         return out
+
+
+_PROBE_LOCK = threading.Lock()
+_COMPILED: set = set()  # probe signatures already compiled in this process
+
+
+def _dim(params) -> int:
+    return sum(int(a.size) for a in jax.tree.leaves(params))
+
+
+@eqx.filter_jit
+def _curvature(loss, params, x, y, key, v0, *, num_probes, kind, lanczos_steps, top_k, chunk,
+               slq_starts):
+    """Every quantity of ``CurvatureProbe`` but the batch sharpness in one compiled program (one
+    host transfer), and the batch sharpness's key. The Lanczos start is ``v0`` (the last top
+    eigenvector) or, when zero, a Gaussian draw."""
+    from . import curvature as cv
+
+    hv = cv.hessian_matvec(loss, params, x, y, chunk)
+    dim = hv.dim
+    k_tr, k_lz, k_min, k_slq, k_bs = jax.random.split(key, 5)
+    # first call of a run (v0 = 0): lanczos_eigs' own Gaussian start; one program either way
+    v0 = jnp.where(jnp.any(v0 != 0), v0, jax.random.normal(k_lz, (dim,), hv.dtype))
+    tr = cv.hutchinson(hv, dim, k_tr, num_probes, kind)
+    top = cv.lanczos_eigs(hv, dim, top_k, lanczos_steps, key=k_lz, v0=v0)
+    low = cv.lanczos_eigs(hv, dim, 1, lanczos_steps, key=k_min, which="smallest")
+    lam = top.eigenvalues[0]
+    out = {
+        "hessian_trace": tr.estimate,
+        "hessian_trace_stderr": tr.stderr,
+        "hessian_trace_sq": tr.trace_sq,
+        "layer_hessian_traces": jnp.stack(list(cv.layer_traces(tr.diag, params).values())),
+        "lambda_max": lam,
+        "lambda_max_residual": top.residuals[0],
+        "lambda_max_converged": top.converged[0],
+        "top_eigenvalues": top.eigenvalues,
+        "lambda_min": low.eigenvalues[0],
+        "lambda_min_residual": low.residuals[0],
+        "lambda_max_scaled": lam * sq_norm(params),
+        "grad_var": cv.gradient_noise(loss, params, x, y),
+    }
+    if slq_starts:
+        q = cv.slq(hv, dim, k_slq, slq_starts, lanczos_steps, kind)
+        out |= {"slq_nodes": q.nodes, "slq_weights": q.weights}
+    return out, top.eigenvectors[0], k_bs
 
 
 def measure_curvature(model, cfg, dataset, *, seed: int = 0, **probe_options) -> dict[str, Any]:

@@ -61,7 +61,8 @@ def compare_figure(traces: Sequence[dict], path: str | Path, svg: bool = False) 
     panels = compare_panels(traces)
     ncol = min(4, len(panels))
     nrow = -(-len(panels) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.1 * ncol, 3.3 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.1 * ncol, 3.3 * nrow + 0.6), squeeze=False,
+                             layout="constrained")
     ax_of = dict(zip(panels, axes.flat))
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
@@ -140,13 +141,19 @@ def compare_figure(traces: Sequence[dict], path: str | Path, svg: bool = False) 
             if log:
                 ax.set_yscale("log")
     handles, labels = ax_of["loss"].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4),
-               bbox_to_anchor=(0.5, 1.0), frameon=False)
+    spare = list(axes.flat)[len(panels):]
+    if spare:  # the legend in the first free panel slot, else below the panels
+        spare[0].set_visible(True)
+        spare[0].axis("off")
+        spare[0].legend(handles, labels, loc="center", frameon=False, title="runs (same θ₀)")
+    else:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4),
+                   frameon=False)
     seeds = sorted({doc.get("seed") for doc in traces}, key=str)
+    bands = "; bands: Hutchinson ±1 stderr" if "trace" in ax_of else ""
     fig.suptitle(f"Same θ₀, different dynamics (seed {', '.join(map(str, seeds))}; one run "
-                 "each, bands: Hutchinson ±1 stderr)", y=1.04, fontsize=10)
-    fig.tight_layout()
-    return save(fig, path, svg)
+                 f"each{bands})", fontsize=10)
+    return save(fig, path, svg, tight=False)
 
 
 _THRESHOLD_NAMES = {"gd": "2/h", "sgd": "2/h", "momentum": "2(1+β)/h",
