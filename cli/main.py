@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = command.main(args=argv, prog_name="sgdreg", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
+        if code == 130:  # the framework turned Ctrl-C into exit code 130: say where things are
+            print("sgdreg: interrupted; traces so far are marked 'interrupted'", file=sys.stderr)
     except getattr(click_exc, "NoArgsIsHelpError", ()) as e:
         print(e.ctx.get_help())
         code = 0
