@@ -1,6 +1,8 @@
-"""Cost of logging cheap probes, and throughput of the default `sgdreg compare`.
+"""Cost of logging cheap probes, and training throughput of ``RunConfig()``'s problem.
 
-Prints, for GD and SGD on the default problem (digits, MLP 64-128-10, h = 0.1, B = 32):
+Prints, for GD and SGD on ``RunConfig()``'s defaults (all of digits, ReLU MLP 64-128-10,
+cross-entropy, h = 0.1, B = 32; the command line's `compare` default differs, see
+`bench_cli.py`):
   * steps/second of training alone (metrics only at the end),
   * the same run logging the cheap probes every 10 steps (full-batch losses/accuracies,
     ‖∇L‖², IGR terms, norms, trace written after every chunk) ÷ training alone.
