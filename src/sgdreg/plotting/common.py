@@ -21,12 +21,29 @@ def setup():
     return plt, sns
 
 
+LIGHT_STYLE = ("seaborn-v0_8-whitegrid", "seaborn-v0_8-paper", "seaborn-v0_8-deep")
+
+
+def setup_light():
+    """pyplot with the Agg backend and the sgdreg theme from matplotlib's own copies of the
+    seaborn styles (whitegrid, paper, deep palette): the same look without importing seaborn
+    (≈ 2 s with SciPy and pandas), for figures that use only pyplot (``sgdreg compare``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.style.use(list(LIGHT_STYLE))
+    plt.rcParams["font.size"] = matplotlib.rcParamsDefault["font.size"] * STYLE["font_scale"]
+    return plt
+
+
 def preload() -> None:
-    """Import matplotlib and seaborn in a background thread (≈ 3 s on a small CPU), so a
-    command that plots at its end does not wait for them after training."""
+    """Import matplotlib (``setup_light``) in a background thread, so a command that plots at
+    its end does not wait for it after training."""
     import threading
 
-    threading.Thread(target=setup, name="sgdreg-preload-plotting", daemon=True).start()
+    threading.Thread(target=setup_light, name="sgdreg-preload-plotting", daemon=True).start()
 
 
 def save(fig, path: str | Path, svg: bool = True, tight: bool = True) -> list[Path]:

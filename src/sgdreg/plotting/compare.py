@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import FULL_BATCH
-from .common import save, setup
+from .common import save, setup, setup_light
 
 RUN_STYLES = ("-", "--", "-.", ":")
 
@@ -57,7 +57,7 @@ def compare_figure(traces: Sequence[dict], path: str | Path, svg: bool = False) 
     (linear models); and the linking panel: generalization gap against tr H along each run."""
     import numpy as np
 
-    plt, sns = setup()
+    plt = setup_light()
     panels = compare_panels(traces)
     ncol = min(4, len(panels))
     nrow = -(-len(panels) // ncol)
@@ -66,7 +66,8 @@ def compare_figure(traces: Sequence[dict], path: str | Path, svg: bool = False) 
     ax_of = dict(zip(panels, axes.flat))
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    colors = sns.color_palette("deep", max(len(traces), 1))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]  # seaborn's "deep" palette
+    colors = [cycle[i % len(cycle)] for i in range(len(traces))]
     # later runs thinner, so a run hidden under another still shows as a coloured core
     widths = np.linspace(2.6, 1.2, len(traces)) if len(traces) > 1 else [1.8]
     thresholds: dict[tuple[str, float], list[int]] = {}
@@ -104,7 +105,7 @@ def compare_figure(traces: Sequence[dict], path: str | Path, svg: bool = False) 
                            s=16, zorder=3)
             t, v = _series(doc, "batch_sharpness")
             if len(v):
-                ax.plot(t, v, **{**st, "lw": 1.0}, marker="x", ms=4, alpha=0.8)
+                ax.plot(t, v, **{**st, "lw": 1.0}, marker="x", ms=4, mew=1.0, alpha=0.8)
             thr = _series(doc, "eos_threshold")[1]
             preset = doc["config"].get("optimizer")
             if len(thr) and preset in _THRESHOLD_NAMES:
