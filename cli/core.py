@@ -29,7 +29,7 @@ BatchOpt = Annotated[int, Opt("--batch-size", help="Minibatch size B for sgd/mom
 SeedOpt = Annotated[int, Opt("--seed", help="Seeds θ0, data order and probes.")]
 LogOpt = Annotated[int | None, Opt("--log-every", help="Log metrics every k steps (one compiled "
                                    "chunk); default: once per epoch for minibatch methods, "
-                                   "every 10 steps for full batch.")]
+                                   "every max(10, steps/200) for full batch.")]
 OutOpt = Annotated[Path | None, Opt("--out", help="Output directory (default sgdreg-runs/<cmd>-<time>).")]
 JsonOpt = Annotated[bool, Opt("--json", help="Print a machine-readable summary on stdout.")]
 WidthOpt = Annotated[int, Opt("--width", help="Hidden units (CNN: channels).")]
@@ -117,8 +117,8 @@ def run_grid(cfgs: list[RunConfig], epochs: float | None, out: Path, label: str,
     """Load data once, resolve what depends on n (``--epochs``; the default ``log_every``, see
     ``default_log_every``; with ``curvature_probes`` > 0, ``hessian_every`` for runs that have
     none, see ``auto_hessian_every``), validate every run against it, then train each run into
-    ``out`` (``run_concurrently``); ``after_compile()`` runs once every run has compiled."""
-    from sgdreg.training import load_data, train
+    ``out`` (``run_concurrently``), calling ``after_compile()`` once every run has compiled."""
+    from sgdreg.training import load_data, run_id, train
 
     ds = load_data(cfgs[0])
     cfgs = [with_epochs(c, epochs, ds.n_train) for c in cfgs]
@@ -135,8 +135,6 @@ def run_grid(cfgs: list[RunConfig], epochs: float | None, out: Path, label: str,
     stop = threading.Event()
 
     def one(c: RunConfig, compiled: threading.Event):
-        from sgdreg.training import run_id
-
         rid = run_id(c)
         # the first chunk compiles (seconds, with the bar at 0): say so before it starts
         curv = f", curvature every {c.hessian_every}" if c.hessian_every else ""
@@ -163,16 +161,17 @@ def run_concurrently(fn, cfgs: list[RunConfig], stop: threading.Event,
     time of the longer one (results are identical to running them in turn); tracing and
     compiling hold Python's GIL, so run k + 1 starts when run k has compiled (``fn`` sets
     ``compiled``): one run's compilation overlaps the other's training. On an accelerator, or
-    with one core or one run, in turn. Ctrl-C sets ``stop``: every run stops at its next logged
-    row with status ``interrupted``, then KeyboardInterrupt is raised here."""
+    with one core or one run, in turn (``after_compile`` after the first of several). Ctrl-C sets
+    ``stop``: every run stops at its next logged row with status ``interrupted``, then
+    KeyboardInterrupt is raised here."""
     import jax
 
     workers = min(len(cfgs), os.cpu_count() or 1) if jax.default_backend() == "cpu" else 1
     if workers <= 1:
         results = []
-        for c in cfgs:
+        for i, c in enumerate(cfgs):
             results.append(fn(c, threading.Event()))
-            if after_compile and len(results) == 1:
+            if i == 0 and after_compile and len(cfgs) > 1:  # overlaps the next runs
                 after_compile()
         return results
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sgdreg-run")
@@ -336,8 +335,8 @@ def compare(
     dest = out_dir(out, "compare")
     from sgdreg.plotting.common import preload
 
-    # matplotlib/seaborn imported in the background while the runs train (not while they
-    # compile: both need the GIL)
+    # matplotlib imported in the background while the runs train (not while they compile:
+    # both need the GIL)
     ds, results = run_grid(cfgs, epochs, dest, "compare", curvature_probes=auto,
                            after_compile=preload)
     from sgdreg.plotting.compare import compare_figure

@@ -197,7 +197,11 @@ def load_trace(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise TraceError(f"no trace file at {path}")
-    doc = _read_json(path)
+    return _checked(path, _read_json(path))
+
+
+def _checked(path: Path, doc: Any) -> dict[str, Any]:
+    """``doc`` read from ``path`` if it is a valid trace; TraceError naming the file otherwise."""
     problems = validate_trace(doc)
     if problems:
         raise TraceError(f"{path} is not a valid sgdreg trace: {'; '.join(problems)}")
@@ -248,10 +252,7 @@ def _scan(folder: Path) -> list[tuple[Path, dict]]:
     for path in sorted(folder.rglob("*.json")):
         doc = _read_json(path)
         if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
-            problems = validate_trace(doc)
-            if problems:
-                raise TraceError(f"{path} is not a valid sgdreg trace: {'; '.join(problems)}")
-            found.append((path, doc))
+            found.append((path, _checked(path, doc)))
     if not found:
         raise TraceError(f"no sgdreg traces (schema {SCHEMA}) under {folder}")
     return found

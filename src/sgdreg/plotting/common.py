@@ -28,9 +28,8 @@ def setup_light():
     """pyplot with the Agg backend and the sgdreg theme from matplotlib's own copies of the
     seaborn styles (whitegrid, paper, deep palette): the same look without importing seaborn
     (≈ 2 s with SciPy and pandas), for figures that use only pyplot (``sgdreg compare``)."""
+    _import_pyplot()
     import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plt.style.use(list(LIGHT_STYLE))
@@ -38,12 +37,20 @@ def setup_light():
     return plt
 
 
+def _import_pyplot() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
 def preload() -> None:
-    """Import matplotlib (``setup_light``) in a background thread, so a command that plots at
-    its end does not wait for it after training."""
+    """Import matplotlib's pyplot (Agg) in a background thread, so a command that plots at its
+    end does not wait for it after training. Only the import: the style is set by the figure's
+    own ``setup_light`` (Python's import lock makes a concurrent import wait, not repeat)."""
     import threading
 
-    threading.Thread(target=setup_light, name="sgdreg-preload-plotting", daemon=True).start()
+    threading.Thread(target=_import_pyplot, name="sgdreg-preload-plotting", daemon=True).start()
 
 
 def save(fig, path: str | Path, svg: bool = True, tight: bool = True) -> list[Path]:
