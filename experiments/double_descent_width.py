@@ -3,7 +3,8 @@ standardized digits with label noise (a fraction of train labels set to a unifor
 class), Adam lr 1e-3, batch 32.
 
 Model-wise: one-hidden-layer MLPs of widths 4 … 512 (310 … 38k parameters; n·K = 5000),
-noise 0 / 10 / 20%, 200 epochs each, 2 seeds. Epoch-wise: width 512, 20% noise, 1000 epochs,
+noise 0 / 10 / 20%, 200 epochs each, 5 seeds (init, minibatch order and which labels are
+corrupted all change with the seed). Epoch-wise: width 512, 20% noise, 1000 epochs, one seed,
 test error logged every epoch.
 
     python experiments/double_descent_width.py   →  figures/data/double_descent_width/,
@@ -20,7 +21,7 @@ from sgdreg.results import save_results, timed
 NAME = "double_descent_width"
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, STEPS_PER_EPOCH = 500, 500 // 32
-WIDTHS, NOISES, SEEDS = (4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512), (0.0, 0.1, 0.2), (0, 1)
+WIDTHS, NOISES, SEEDS = (4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512), (0.0, 0.1, 0.2), (0, 1, 2, 3, 4)
 BASE = RunConfig(dataset="digits", n_train=N_TRAIN, model="mlp", depth=1, optimizer="adam",
                  lr=1e-3, batch_size=32)
 MODEL_WISE = BASE.replace(steps=200 * STEPS_PER_EPOCH, log_every=200 * STEPS_PER_EPOCH)

@@ -157,6 +157,10 @@ def test_double_descent_rff_cli_peak_at_interpolation_threshold(tmp_path):
     assert by_N[n]["test_error"] >= 3 * by_N[10 * n]["test_error"]
     assert max(res["mean"], key=lambda r: r["norm"])["N"] == n
     assert by_N[n]["train_error"] == 0.0 and by_N[20]["train_error"] > 0
+    q = res["ratio"]  # err(N = n)/err(N = 10n) per seed, with the test-image bootstrap
+    assert [p["seed"] for p in q["per_seed"]] == [0, 1, 2] and q["n_test"] == 359
+    assert q["ratio"] == pytest.approx(by_N[n]["test_error"] / by_N[10 * n]["test_error"])
+    assert q["bootstrap"]["low"] <= q["ratio"] and q["ratio_min"] <= q["ratio"]
     _figure_written(out, "double_descent")
 
 

@@ -121,3 +121,24 @@ def test_train_attaches_the_probe_for_linear_models_from_zero_with_mse_only():
     own = MinNormDistance(np.zeros(6), every=1)
     assert training.config_probes(training.build(base.replace(model="linear"), ds),
                                   [own]) == [own]
+
+
+@pytest.mark.parametrize("n", [8, 3000])  # p ≥ n: SVD of Φ; p < n: Φ = QR over row blocks
+def test_min_norm_solution_of_an_ill_conditioned_design_is_pinv(monkeypatch, n):
+    """Singular values 1 … 1e-6 (κ = 1e6) and a rank-deficient pair of columns: θ* equals
+    numpy.linalg.pinv(Φ) @ Y to 1e-8 relative. Through a Gram matrix with eigenvalues below
+    1e-10·λ_max dropped (the former solve) the directions with s < 1e-5·s_max were lost."""
+    monkeypatch.setattr(sgdreg.kernels, "_CHUNK_ELEMENTS", 4000)  # p < n: many row blocks
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
+    x = rng.normal(size=(n + 5, 10)) @ np.diag(np.geomspace(1, 1e-6, 10)) @ q
+    x[:, 9] = x[:, 8]  # rank 9
+    ds = Dataset("ill", x[:n], rng.normal(size=(n, 2)), x[n:], rng.normal(size=(5, 2)), 0)
+    params, info = min_norm_solution(LinearModel(10, 2, use_bias=False, key=jax.random.key(0),
+                                                 dtype=jnp.float64), ds)
+    pinv = np.linalg.pinv(ds.x_train) @ ds.y_train
+    s = np.linalg.svd(ds.x_train, compute_uv=False)
+    assert s[s > 1e-12 * s[0]].min() < 1e-5 * s[0]  # below the former cut-off
+    rel = np.linalg.norm(params.linear.weight.T - pinv) / np.linalg.norm(pinv)
+    assert rel < 1e-8
+    assert info["norm_min_norm"] == pytest.approx(np.linalg.norm(pinv), rel=1e-8)

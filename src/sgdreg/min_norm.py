@@ -17,8 +17,9 @@ flow started at θ0 = 0 therefore never leave the row space, and the only minimi
 GD with 0 < h < 2/λ_max(ΦᵀΦ/n) converges to θ*; SGD with a constant step reaches it when θ*
 interpolates (the gradient noise vanishes there) and hovers around it otherwise. Adaptive methods
 (adam) leave the row space; the distance is still recorded. ``MinNormDistance`` computes θ* once
-per run in NumPy float64 (pseudo-inverse through the smaller Gram matrix, eigenvalues below
-``rcond``·λ_max dropped, as ``double_descent.min_norm_least_squares``) and records
+per run in NumPy float64 (from Φ's own singular values, ``double_descent.min_norm_least_squares``,
+never through a Gram matrix; singular values below ``rcond``·s_max dropped, default
+eps·max(n, p)) and records
 ``dist_to_min_norm`` = ‖θ − θ*‖/‖θ*‖ (all trained arrays together) at every logged row.
 """
 
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .double_descent import _psd_pinv_solve, min_norm_least_squares
+from .double_descent import min_norm_least_squares, stacked_r
 from .errors import ModelError
 from .kernels import flatten_inputs, prediction_error, rows_per_chunk, target_matrix
 from .models import LinearModel, RandomFeatures, partition
@@ -43,8 +44,9 @@ DEFINITION = ("‖θ − θ*‖/‖θ*‖ over all trained arrays (Frobenius), �
               "trained parameters' features (x, with a ones column for a trained bias; the "
               "fixed random features φ(x) for RandomFeatures), Y the one-hot or float targets. "
               "GD/SGD/momentum/flow from θ0 = 0 stay in the row space of Φ and converge to θ* "
-              "(Zhang et al. 2017 §5). θ* in float64 through the smaller Gram matrix (ΦΦᵀ or "
-              "ΦᵀΦ), eigenvalues below rcond·λ_max dropped")
+              "(Zhang et al. 2017 §5). θ* in float64 from the SVD of Φ (p ≥ n) or of R in a "
+              "blockwise QR Φ = QR (p < n), singular values of Φ below rcond·s_max dropped "
+              "(default eps·max(n, p))")
 
 
 def is_linear_in_params(model) -> bool:
@@ -85,14 +87,15 @@ def _predict(psi, x, theta) -> np.ndarray:
     return np.concatenate([psi(x[i:j]) @ theta for i, j in _blocks(n, theta.shape[0])])
 
 
-def min_norm_solution(model, dataset, rcond: float = 1e-10) -> tuple[Any, dict[str, Any]]:
+def min_norm_solution(model, dataset, rcond: float | None = None) -> tuple[Any, dict[str, Any]]:
     """θ* = Φ⁺Y for ``model`` on ``dataset``'s training set (MSE targets), float64.
 
     Returns (θ* as the model's trained-parameter tree with float64 NumPy leaves, info): info
     holds n, p, ‖θ*‖, the train residual ‖Φθ* − Y‖_F/‖Y‖_F, whether θ* interpolates, and θ*'s
     train/test loss (½‖f − y‖², mean over examples, as the trace's losses) and, for classes,
-    its 0–1 train/test error. p ≥ n: a = Φᵀ(ΦΦᵀ)⁺Y on the n×n Gram; p < n: (ΦᵀΦ)⁺ΦᵀY with
-    ΦᵀΦ accumulated over row blocks (memory p²); Gram eigenvalues below ``rcond``·λ_max dropped.
+    its 0–1 train/test error. p ≥ n: Φ⁺Y from Φ (``min_norm_least_squares``); p < n: R⁺QᵀY
+    with Φ = QR accumulated over row blocks (``stacked_r``, memory ~ p²), the same solution.
+    Singular values of Φ below ``rcond``·s_max are dropped (None: eps·max(n, p)).
     """
     psi = feature_map(model)
     x, k = dataset.x_train, dataset.num_classes
@@ -103,12 +106,10 @@ def min_norm_solution(model, dataset, rcond: float = 1e-10) -> tuple[Any, dict[s
         theta = min_norm_least_squares(Phi, Y, rcond)
         pred = Phi @ theta
     else:
-        G, B = np.zeros((p, p)), np.zeros((p, Y.shape[1]))
-        for i, j in _blocks(n, p):
-            P = psi(x[i:j])
-            G += P.T @ P
-            B += P.T @ Y[i:j]
-        theta = _psd_pinv_solve(G, B, rcond)
+        R, QtY = stacked_r((psi(x[i:j]) for i, j in _blocks(n, p)),
+                           (Y[i:j] for i, j in _blocks(n, p)))
+        cut = np.finfo(np.float64).eps * n if rcond is None else rcond  # eps·max(n, p) on Φ
+        theta = min_norm_least_squares(R, QtY, cut)
         pred = _predict(psi, x, theta)
     test_pred = _predict(psi, dataset.x_test, theta)
     Yt = target_matrix(dataset.y_test, k)
@@ -166,7 +167,8 @@ class MinNormDistance:
         self.info = {"norm_min_norm": self.norm, **(info or {})}
 
     @classmethod
-    def for_model(cls, model, data, *, every: int = 1, rcond: float = 1e-10) -> MinNormDistance:
+    def for_model(cls, model, data, *, every: int = 1,
+                  rcond: float | None = None) -> MinNormDistance:
         """θ* for ``model`` (its trained parameters) on ``data`` (a ``Dataset`` or arrays as in
         ``as_dataset``), computed once here; ``describe()`` records ‖θ*‖, whether θ* interpolates
         and its train/test loss and error. Meaningful for the MSE loss from θ0 = 0."""

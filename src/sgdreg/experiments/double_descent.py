@@ -33,7 +33,7 @@ def rff_bandwidth(ds: Dataset) -> float:
 
 def _sigma(ds: Dataset, sigma: float | None) -> float:
     if sigma is not None and not sigma > 0:
-        raise ConfigError(f"--sigma must be > 0, got {sigma:g}")
+        raise ConfigError(f"sigma must be > 0, got {sigma:g}")
     return rff_bandwidth(ds) if sigma is None else float(sigma)
 
 
@@ -41,16 +41,20 @@ def rff_model_wise(ds: Dataset, num_features: Sequence[int] | None = None,
                    seeds: Sequence[int] = (0, 1, 2), sigma: float | None = None) -> dict:
     """Model-wise double descent with random Fourier features (Belkin et al. 2019): min-norm
     a = Φ⁺Y for N swept through n; train error → 0 at N = n where test error and ‖a‖ peak.
-    ``num_features`` defaults to ``feature_grid(n)`` (0.1n … 10n, 13 points)."""
-    from ..double_descent import feature_grid, mean_over_seeds, rff_double_descent
+    ``num_features`` defaults to ``feature_grid(n)`` (0.1n … 10n, 13 points). With N = n and
+    N = 10n in the grid, ``ratio`` holds err(N = n)/err(N = 10n) per seed, the seeds' min–max
+    and a test-image bootstrap interval (``double_descent.threshold_ratio``), else None."""
+    from ..double_descent import feature_grid, mean_over_seeds, rff_double_descent, threshold_ratio
 
     grid = list(num_features) if num_features else feature_grid(ds.n_train)
     if min(grid) < 1 or not seeds:
-        raise ConfigError("--features must be ≥ 1 and --seeds non-empty")
+        raise ConfigError("num_features must be ≥ 1 and seeds non-empty")
     sigma = _sigma(ds, sigma)
-    rows = rff_double_descent(ds, grid, list(seeds), sigma=sigma)
-    return {"kind": "rff", "n": ds.n_train, "sigma": sigma, "rows": rows,
-            "mean": mean_over_seeds(rows)}
+    n = ds.n_train
+    rows = rff_double_descent(ds, grid, list(seeds), sigma=sigma, wrong_at=[n, 10 * n])
+    ratio = threshold_ratio(rows, n) if {n, 10 * n} <= set(grid) and ds.num_classes else None
+    return {"kind": "rff", "dataset": ds.name, "n": n, "sigma": sigma, "rows": rows,
+            "mean": mean_over_seeds(rows), "ratio": ratio}
 
 
 def rff_sample_wise(ds: Dataset, num_features: int, sample_sizes: Sequence[int] | None = None,
@@ -62,7 +66,7 @@ def rff_sample_wise(ds: Dataset, num_features: int, sample_sizes: Sequence[int] 
 
     sizes = sorted(sample_sizes or [s for s in feature_grid(num_features) if s <= ds.n_train])
     if num_features < 1 or not sizes or sizes[0] < 1 or sizes[-1] > ds.n_train or not seeds:
-        raise ConfigError(f"sample sizes must lie in 1..{ds.n_train} and --features ≥ 1")
+        raise ConfigError(f"sample_sizes must lie in 1..{ds.n_train} and num_features be ≥ 1")
     sigma = _sigma(ds, sigma)
     rows = []
     for n in sizes:
@@ -93,7 +97,7 @@ def deep_model_wise(cfg: RunConfig, widths: Sequence[int], noises: Sequence[floa
 
     check_noise(noises)
     if not widths or min(widths) < 1 or not seeds:
-        raise ConfigError("--widths must be ≥ 1 and --seeds non-empty")
+        raise ConfigError("widths must be ≥ 1 and seeds non-empty")
     validate(cfg)
     rows, k = [], None
     for noise in noises:
