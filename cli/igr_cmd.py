@@ -16,7 +16,7 @@ Opt = typer.Option
 def igr(
     lr: Annotated[str | None, Opt("--lr", help="Step sizes h, comma list. Defaults: check "
                                   "0.2,0.1,0.05; --two-param 0.005,0.01,…,0.1; --sweep "
-                                  "0.05,0.1,0.2,0.5,1,2.")] = None,
+                                  "0.05,0.1,0.2,0.5,1,2,3,4.")] = None,
     time: Annotated[float | None, Opt("--time", help="Final time T = K·h (check: 2, a whole "
                                       "number of steps of every h; --two-param: 20; --sweep: "
                                       "150).")] = None,
@@ -32,14 +32,20 @@ def igr(
     loss: Annotated[str | None, Opt("--loss", help="check: mse; --sweep: ce.")] = None,
     dtype: Annotated[str | None, Opt("--dtype", help="check: float64; --sweep: float32.")] = None,
     seed: Annotated[int, Opt("--seed", help="θ0 and the path projection.")] = 0,
+    seeds: Annotated[str | None, Opt("--seeds", help="--sweep: comma list of seeds (θ0 and the "
+                                     "training subset; default: --seed); the figure shows the "
+                                     "mean and min–max over them.")] = None,
     n_log: Annotated[int | None, Opt("--n-log", help="Logged times per run (check: 10; "
                                      "--two-param: 120, log-spaced).")] = None,
-    egr_lr: Annotated[float | None, Opt("--egr-lr", help="Check: small step s for EGR with "
-                                        "μ = h/4 (default min(h)/4; 0 skips).")] = None,
+    egr_lr: Annotated[float | None, Opt("--egr-lr", help="Check: small step s < min(h) for EGR "
+                                        "with μ = (h − s)/4, and μ = h/4 for comparison "
+                                        "(default min(h)/4; 0 skips).")] = None,
     two_param: Annotated[bool, Opt("--two-param", help="Run the two-parameter example "
                                    "E(a,b) = ½(y − abx)² from (2.8, 3.5) instead.")] = False,
     h_small: Annotated[float, Opt("--h-small", help="--two-param: small step.")] = 0.005,
-    h_moderate: Annotated[float, Opt("--h-moderate", help="--two-param: moderate step.")] = 0.05,
+    h_moderate: Annotated[float, Opt("--h-moderate", help="--two-param: moderate step (EGR at "
+                                     "--h-small with μ = (h_moderate − h_small)/4 mimics it).")]
+    = 0.05,
     sweep: Annotated[bool, Opt("--sweep", help="Sweep h × width with GD: R_IG, igr_gd, test "
                                "accuracy at t = T and at a matched training loss.")] = False,
     target_loss: Annotated[float, Opt("--target-loss", help="--sweep: matched training loss.")]
@@ -65,6 +71,8 @@ def igr(
 
     if two_param and sweep:
         raise UsageProblem("--two-param and --sweep: choose one")
+    if seeds is not None and not sweep:
+        raise UsageProblem("--seeds is for --sweep (the other checks take one --seed)")
     lrs = parse_list(lr, float, "--lr") if lr is not None else None
     widths = parse_list(width, int, "--width") if width is not None else None
     given = {k: v for k, v in dict(dataset=dataset, model=model, depth=depth, activation=activation,
@@ -82,14 +90,17 @@ def igr(
                     [[g["lr"], g["gd_gap"], g["modified_flow_gap"]] for g in res["gaps"]])
     elif sweep:
         base = RunConfig(**(lib.SWEEP_DEFAULTS | given))
-        kw = {k: v for k, v in (("lrs", lrs), ("widths", widths), ("time", time)) if v is not None}
+        kw = {k: v for k, v in (("lrs", lrs), ("widths", widths), ("time", time),
+                                ("seeds", parse_list(seeds, int, "--seeds") if seeds else None))
+              if v is not None}
         res = lib.igr_sweep(base, target_loss=target_loss, out_dir=dest, progress=console.print,
                             **kw)
         fig = fig_lib.render_sweep(dest, dest / "sweep.png")[0]
         stored = lib.SWEEP
         print_table(f"GD sweep: at t = {res['time']:g} | at train loss {target_loss:g}",
                     ["run", "status", "R_IG", "test acc", "R_IG@L", "test acc@L"],
-                    [[r["run_id"], r["status"], r["final"]["grad_norm_sq"], r["final"]["test_acc"],
+                    [[r["run_id"], "diverged" if r["diverged"] else r["status"],
+                      r["final"]["grad_norm_sq"], r["final"]["test_acc"],
                       (r["at_loss"] or {}).get("grad_norm_sq"), (r["at_loss"] or {}).get("test_acc")]
                      for r in res["rows"]])
     else:

@@ -4,16 +4,18 @@ SCIENCE.md §2). Config → results only; the figures are ``sgdreg.plotting.igr`
 * ``backward_error_check``: from one θ0, GD with step h, the plain flow dθ/dt = −∇L and the
   modified flow dθ/dt = −∇(L + (h/4)‖∇L‖²) at matched times t = k·h. Globally GD is O(h) from
   the plain flow and O(h²) from the modified flow; the observed orders are the slopes of
-  log‖θ_GD − θ_flow‖ against log h. Also EGR: GD at a small step s on L + μ‖∇L‖², μ = h/4,
-  mimics GD at step h.
+  log‖θ_GD − θ_flow‖ against log h. Also EGR: GD at a small step s on L + μ‖∇L‖² mimics GD at
+  step h with μ = (h − s)/4: GD at s itself adds (s/4)‖∇L‖², so μ = h/4 would match step h + s.
 * ``sgd_epoch_check``: one epoch of SGD over a fixed partition into m minibatches, averaged over
   the minibatch orders, against the SGD modified flow of L + (h/4m)Σ_k‖∇L̂_k‖² (Smith et al.
   2021: the flow the mean iterate follows over one epoch, to O(m³h³)).
 * ``two_param_example``: E(a, b) = ½(y − a·b·x)² from (a, b) = (2.8, 3.5) (model f(x) = a·b·x,
   one example, loss mse). The plain flow conserves a² − b²; GD multiplies it by (1 − h²r²x²)
-  per step (r = y − abx), so larger h lands nearer |a| = |b|.
-* ``igr_sweep``: GD over a grid of h × width; ‖∇L‖² (R_IG), igr_gd and test accuracy at a matched
-  time and at a matched training loss (Barrett & Dherin 2021, §5, claim: larger h and larger
+  per step (r = y − abx), so larger h lands nearer |a| = |b|. Stable (the IGR range) while
+  h < 2/λ_max(θ0), λ_max of the exact 2×2 Hessian (``two_param_hessian``).
+* ``igr_sweep``: GD over a grid of seed × h × width; ‖∇L‖² (R_IG), losses and test accuracy at a
+  matched time and at a matched training loss, aggregated over seeds (mean, min–max) with the
+  comparisons that exceed the seed spread (Barrett & Dherin 2021, §5, claim: larger h and larger
   models give smaller R_IG and higher test accuracy).
 
 Every path starts from the θ0 of ``cfg.seed`` and runs through ``engine.advance``. GD runs with
@@ -67,6 +69,13 @@ def _dist(a: Trajectory, b: Trajectory) -> float:
     return float(np.linalg.norm(a.theta[-1] - b.theta[-1]))
 
 
+def egr_mu(h: float, s: float) -> float:
+    """μ = (h − s)/4: GD at step s on L + μ‖∇L‖² follows the modified loss
+    L + (μ + s/4)‖∇L‖² + O(s·μ, s²) (Barrett & Dherin 2021, §3), which is GD(h)'s
+    L + (h/4)‖∇L‖² when μ + s/4 = h/4."""
+    return (h - s) / 4
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. Backward-error check: GD vs plain flow vs modified flow at matched times.
 
@@ -79,9 +88,11 @@ def backward_error_check(cfg: RunConfig, lrs: Sequence[float] = (0.2, 0.1, 0.05)
     """GD(h) vs plain flow vs modified flow from one θ0 at t = k·h, for each h in ``lrs``.
 
     Reports ‖θ_GD − θ_flow‖ (O(h)) and ‖θ_GD − θ_mod‖ (O(h²)) at t = ``time`` with the observed
-    orders, |ΔL|, and, with EGR at the small step s = ``egr_lr`` (default min(h)/4; 0: skip),
-    ‖θ_GD(h) − θ_EGR(s, μ=h/4)‖ against ‖θ_GD(h) − θ_GD(s)‖. ``out_dir``: traces/ and
-    igr_backward_error.json (``sgdreg.results``).
+    orders, |ΔL|, and, with EGR at the small step s = ``egr_lr`` (default min(h)/4; 0: skip; else
+    s < min(h)), ‖θ_GD(h) − θ_EGR(s, μ)‖ for μ = (h − s)/4 (GD at s carries its own implicit
+    (s/4)‖∇L‖², so L + μ‖∇L‖² then has the modified loss of step h; Barrett & Dherin 2021, §3)
+    and for the confounded μ = h/4 (``dist_egr_naive``), against ‖θ_GD(h) − θ_GD(s)‖.
+    ``out_dir``: traces/ and igr_backward_error.json (``sgdreg.results``).
     """
     lrs = sorted(validate_lrs(lrs), reverse=True)
     if not (time > 0 and math.isfinite(time)):
@@ -91,6 +102,9 @@ def backward_error_check(cfg: RunConfig, lrs: Sequence[float] = (0.2, 0.1, 0.05)
     egr_lr = min(lrs) / 4 if egr_lr is None else float(egr_lr)
     if egr_lr < 0:
         raise ConfigError(f"--egr-lr must be ≥ 0, got {egr_lr:g}")
+    if egr_lr >= min(lrs):
+        raise ConfigError(f"--egr-lr must be below every step size h (μ = (h − s)/4 > 0), got "
+                          f"{egr_lr:g} ≥ {min(lrs):g}")
     ks = {h: steps_for(time, h) for h in lrs}
     k_small = steps_for(time, egr_lr, "--time (with --egr-lr)") if egr_lr else 0
     start = _time.perf_counter()
@@ -122,12 +136,14 @@ def backward_error_check(cfg: RunConfig, lrs: Sequence[float] = (0.2, 0.1, 0.05)
                "moved": float(np.linalg.norm(fl.theta[-1] - theta0))}
         row["ratio"] = row["dist_flow"] / row["dist_modified_flow"] if ok else None
         if egr_lr:
-            say(f"h={h:g}: egr at s={egr_lr:g}, μ={h / 4:g}")
-            eg = run_path(s, "egr", egr_lr, [0, k_small], egr=h / 4)
-            paths.append(eg)
-            fine = ok and eg.status == small.status == "completed"
-            row |= {"egr_lr": egr_lr, "egr": h / 4,
+            mu, mu_naive = egr_mu(h, egr_lr), h / 4
+            say(f"h={h:g}: egr at s={egr_lr:g}, μ=(h − s)/4={mu:g} and μ=h/4={mu_naive:g}")
+            eg, naive = (run_path(s, "egr", egr_lr, [0, k_small], egr=m) for m in (mu, mu_naive))
+            paths += [eg, naive]
+            fine = ok and eg.status == naive.status == small.status == "completed"
+            row |= {"egr_lr": egr_lr, "egr": mu, "egr_naive": mu_naive,
                     "dist_egr": _dist(gd, eg) if fine else None,
+                    "dist_egr_naive": _dist(gd, naive) if fine else None,
                     "dist_small_step": _dist(gd, small) if fine else None}
         rows.append(row)
         series[f"{h:g}"] = {
@@ -136,15 +152,16 @@ def backward_error_check(cfg: RunConfig, lrs: Sequence[float] = (0.2, 0.1, 0.05)
             "loss": {p.method: sig(p.loss[:n], DIGITS) for p in (gd, fl, mf)},
             "proj": {p.method: sig(proj @ (p.theta - theta0).T, DIGITS) for p in (gd, fl, mf)}}
     done = [r for r in rows if r["status"] == "completed"]
-    orders = {k: observed_order([r["lr"] for r in done], [r[f"dist_{k}"] for r in done])
-              for k in ("flow", "modified_flow")}
+    orders = {k: observed_order([r["lr"] for r in done], [r.get(f"dist_{k}") for r in done])
+              for k in ("flow", "modified_flow") + (("egr", "egr_naive") if egr_lr else ())}
     results = {
         "kind": "sgdreg.igr.backward_error/1", "time": time, "lrs": lrs, "n_log": n_log,
         "egr_lr": egr_lr or None, "num_params": int(theta0.size),
         "dataset": s.dataset.describe(), "rows": rows, "orders": orders, "series": series,
         "device": device_info(),
         "note": "dist_*: ‖θ_GD(T) − θ_method(T)‖ at T = steps·lr; orders: slopes of log dist vs "
-                "log h (expected 1 for the plain flow, 2 for the modified flow)",
+                "log h (expected 1 for the plain flow, 2 for the modified flow and EGR); dist_egr: EGR at "
+                "step egr_lr with μ = egr = (h − egr_lr)/4, dist_egr_naive: with μ = h/4",
     }
     return finish(out_dir, BACKWARD_ERROR, cfg.to_dict(), results, start, paths, s, proj)
 
@@ -269,7 +286,20 @@ def two_param_dataset(x: float = 1.0, y: float = 1.0) -> Dataset:
                          "y": y})
 
 
-TWO_PARAM_LRS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1)
+TWO_PARAM_LRS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.065, 0.075, 0.08, 0.09, 0.1)
+
+
+def two_param_hessian(a: float, b: float, x: float = 1.0, y: float = 1.0) -> np.ndarray:
+    """∇²E of E(a, b) = ½(y − abx)², exactly: [[b²x², 2abx² − xy], [2abx² − xy, a²x²]]
+    (∂²E/∂a∂b = abx² − rx with r = y − abx)."""
+    off = 2 * a * b * x**2 - x * y
+    return np.array([[b**2 * x**2, off], [off, a**2 * x**2]])
+
+
+def two_param_lambda_max(a: float, b: float, x: float = 1.0, y: float = 1.0) -> float:
+    """λ_max of the 2×2 Hessian in closed form: (tr + √((H_aa − H_bb)² + 4H_ab²))/2."""
+    (haa, hab), (_, hbb) = two_param_hessian(a, b, x, y)
+    return float((haa + hbb + math.sqrt((haa - hbb) ** 2 + 4 * hab**2)) / 2)
 
 
 def two_param_example(lrs: Sequence[float] = TWO_PARAM_LRS, *, h_small: float = 0.005,
@@ -278,19 +308,30 @@ def two_param_example(lrs: Sequence[float] = TWO_PARAM_LRS, *, h_small: float = 
                       out_dir: Path | None = None,
                       progress: Callable[[str], None] | None = None) -> dict:
     """Trajectories of E(a, b) = ½(y − abx)² from (a0, b0): GD at h_small and h_moderate, the plain
-    flow, the modified flow of h_moderate and EGR (step h_small, μ = h_moderate/4); then the
-    final gap ||a| − |b|| of GD and of the modified flow for each h in ``lrs`` (float64).
+    flow, the modified flow of h_moderate, EGR at step h_small with μ = (h_moderate − h_small)/4
+    (``egr_mu``: it then has GD(h_moderate)'s modified loss) and, when max(lrs) ≥ 2/λ_max(θ0),
+    GD at max(lrs); then the final gap ||a| − |b|| of GD and of the modified flow for each h in
+    ``lrs`` (float64), each marked stable when h < 2/λ_max(θ0).
 
     Minima lie on ab = y/x with tr H = x²(a² + b²), smallest at |a| = |b| = √(y/x). The flow
-    conserves a² − b²; GD multiplies it by (1 − h²r²x²) each step, so the gap shrinks as h grows.
+    conserves a² − b²; GD multiplies it by (1 − h²r²x²) each step, so the gap shrinks as h grows:
+    the implicit regularization (h/4)‖∇E‖² while GD is stable (h < 2/λ_max(θ0), λ_max exact from
+    ``two_param_lambda_max``); above that GD starts by oscillating across the valley (an
+    instability the modified flow does not have).
     """
     lrs = sorted(validate_lrs(lrs))
     for name, v in (("h_small", h_small), ("h_moderate", h_moderate)):
         validate_lrs([v], f"--{name.replace('_', '-')}")
+    if not h_small < h_moderate:
+        raise ConfigError(f"--h-small must be below --h-moderate (EGR μ = (h_moderate − h_small)/4"
+                          f" > 0), got {h_small:g} ≥ {h_moderate:g}")
     if not (time > 0 and math.isfinite(time)):
         raise ConfigError(f"--time must be > 0, got {time:g}")
     if not (x != 0 and y / x > 0):
         raise ConfigError("the two-parameter example needs y/x > 0 (minima on ab = y/x)")
+    lam0 = two_param_lambda_max(a0, b0, x, y)
+    h_stable = 2 / lam0
+    h_unstable = max(lrs) if max(lrs) >= h_stable else None
     ks = {h: math.ceil(time / h - 1e-9) for h in {*lrs, h_small, h_moderate}}  # t ≥ time
     start = _time.perf_counter()
     cfg = RunConfig(dataset="two-param", model="two-param", loss="mse", dtype="float64",
@@ -300,25 +341,32 @@ def two_param_example(lrs: Sequence[float] = TWO_PARAM_LRS, *, h_small: float = 
     say = progress or (lambda _: None)
     say("trajectories: gd (small, moderate h), flow, modified flow, egr")
     small, moderate = (log_steps(ks[h], n_log, "log") for h in (h_small, h_moderate))
+    mu = egr_mu(h_moderate, h_small)
     runs = {
         "gd_small": run_path(s, "gd", h_small, small),
         "gd_moderate": run_path(s, "gd", h_moderate, moderate),
         "flow": run_path(s, "flow", h_small, small),
         "modified_flow": run_path(s, "modified-flow", h_moderate, moderate),
-        "egr": run_path(s, "egr", h_small, small, egr=h_moderate / 4),
+        "egr": run_path(s, "egr", h_small, small, egr=mu),
     }
+    if h_unstable is not None:
+        say(f"trajectory: gd at h={h_unstable:g} ≥ 2/λ_max(θ0) = {h_stable:.4g}")
+        runs["gd_unstable"] = run_path(s, "gd", h_unstable, log_steps(ks[h_unstable], n_log, "log"))
     gaps = []
     for h in lrs:
         say(f"final gap at h={h:g}")
         g = run_path(s, "gd", h, [0, ks[h]])
         m = run_path(s, "modified-flow", h, [0, ks[h]])
-        gaps.append({"lr": h, "steps": ks[h], "status": g.status, **_ab_summary(g, x, y, "gd_"),
-                     **_ab_summary(m, x, y, "modified_flow_")})
-    flow_end = runs["flow"].theta[-1]
+        gaps.append({"lr": h, "steps": ks[h], "status": g.status, "stable": h < h_stable,
+                     **_ab_summary(g, x, y, "gd_"), **_ab_summary(m, x, y, "modified_flow_")})
+    flow = runs["flow"]
+    flow_end = flow.theta[-1]
     results = {
-        "kind": "sgdreg.igr.two_param/1", "x": x, "y": y, "a0": a0, "b0": b0, "time": time,
-        "h_small": h_small, "h_moderate": h_moderate, "egr": h_moderate / 4,
-        "flattest": math.sqrt(y / x),
+        "kind": "sgdreg.igr.two_param/2", "x": x, "y": y, "a0": a0, "b0": b0, "time": time,
+        "h_small": h_small, "h_moderate": h_moderate, "egr": mu, "flattest": math.sqrt(y / x),
+        "hessian_theta0": two_param_hessian(a0, b0, x, y).tolist(), "lambda_max_theta0": lam0,
+        "stable_lr_max": h_stable, "h_unstable": h_unstable,
+        "lambda_max_flow_max": max(two_param_lambda_max(a, b, x, y) for a, b in flow.theta),
         "paths": {k: {"method": p.method, "lr": p.lr, "egr": p.egr, "status": p.status,
                       "t": sig(p.t, DIGITS), "a": sig(p.theta[:, 0], DIGITS),
                       "b": sig(p.theta[:, 1], DIGITS), "loss": sig(p.loss, DIGITS),
@@ -327,8 +375,11 @@ def two_param_example(lrs: Sequence[float] = TWO_PARAM_LRS, *, h_small: float = 
         "gaps": gaps,
         "flow_conservation": float(abs((flow_end[0] ** 2 - flow_end[1] ** 2) - (a0**2 - b0**2))),
         "device": device_info(),
-        "note": "gap = ||a| − |b|| at t = time; flow_conservation = |Δ(a² − b²)| along the plain "
-                "flow (0 in exact arithmetic)",
+        "note": "gap = ||a| − |b|| at t = time; stable: h < stable_lr_max = 2/lambda_max_theta0 "
+                "(exact 2×2 Hessian at (a0, b0); lambda_max_flow_max: its largest value along the "
+                "logged plain flow); egr = μ of the EGR path at step h_small = (h_moderate − "
+                "h_small)/4; flow_conservation = |Δ(a² − b²)| along the plain flow (0 in exact "
+                "arithmetic)",
     }
     return finish(out_dir, TWO_PARAM, cfg.to_dict(), results, start, list(runs.values()), s,
                   np.eye(2))
@@ -350,8 +401,10 @@ def _ab_summary(p: Trajectory, x: float, y: float, prefix: str = "") -> dict:
 
 SWEEP_DEFAULTS = dict(dataset="digits", n_train=512, model="mlp", activation="relu", loss="ce",
                       dtype="float32")
-SWEEP_LRS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+SWEEP_LRS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 4.0)
 SWEEP_WIDTHS = (32, 128, 512)
+SWEEP_SEEDS = (0, 1, 2)
+SWEEP_KEYS = ("grad_norm_sq", "igr_gd", "train_loss", "test_loss", "test_acc", "t")
 
 
 def at_loss(metrics: dict, target: float) -> dict | None:
@@ -377,73 +430,153 @@ def kendall_tau(x: Sequence[float | None], y: Sequence[float | None]) -> float |
 
 
 def igr_sweep(base: RunConfig, lrs: Sequence[float] = SWEEP_LRS,
-              widths: Sequence[int] = SWEEP_WIDTHS, *, time: float = 150.0,
-              target_loss: float = 0.03, log_every: int = 5, dataset: Dataset | None = None,
-              out_dir: Path | None = None, traces: bool = True,
+              widths: Sequence[int] = SWEEP_WIDTHS, *, seeds: Sequence[int] | None = None,
+              time: float = 150.0, target_loss: float = 0.03, log_every: int = 5,
+              dataset: Dataset | None = None, out_dir: Path | None = None, traces: bool = True,
               progress: Callable[[str], None] | None = None) -> dict:
-    """GD for each (h, width) to t ≈ ``time``: ⌈time/h⌉ steps rounded up to a multiple of
-    ``log_every`` (one compiled chunk per width for every h).
+    """GD for each (seed, width, h) to t ≈ ``time``: ⌈time/h⌉ steps rounded up to a multiple of
+    ``log_every`` (one compiled chunk per width for every h and seed).
 
-    Per run: R_IG = ‖∇L‖², igr_gd = (h/4)‖∇L‖², test accuracy at t = ``time`` and where the training
-    loss first reaches ``target_loss`` (matched loss); Kendall τ trends (``sweep_trends``).
-    Published claim (Barrett & Dherin 2021): larger h and larger width → smaller R_IG, higher test
-    accuracy. ``out_dir``: igr_sweep.json and, with ``traces``, one trace per run in traces/.
+    Per run: R_IG = ‖∇L‖², igr_gd = (h/4)‖∇L‖², losses and test accuracy at t = ``time`` and
+    where the training loss first reaches ``target_loss`` (matched loss). A run counts as
+    diverged when its loss became non-finite or its final training loss is above the initial one.
+    ``seeds`` (default: ``base.seed``) pick θ0 and, unless ``dataset`` is given, the training
+    subset. Aggregates over seeds (``sweep_summary``), Kendall τ trends (``sweep_trends``) and
+    end-to-end comparisons against the seed spread (``sweep_effects``). Published claim (Barrett
+    & Dherin 2021, §5): larger h and larger width → smaller R_IG, higher test accuracy.
+    ``out_dir``: igr_sweep.json and, with ``traces``, one trace per run in traces/.
     """
     lrs = sorted(validate_lrs(lrs))
     widths = [int(w) for w in widths]
     if not widths or min(widths) < 1:
         raise ConfigError("--width: give positive integers")
+    seeds = [base.seed] if seeds is None else [int(v) for v in seeds]
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"seeds: give distinct non-negative integers, got {seeds}")
     for name, v in (("--time", time), ("--target-loss", target_loss), ("--log-every", log_every)):
         if not (v > 0 and math.isfinite(v)):
             raise ConfigError(f"{name} must be > 0, got {v:g}")
     le = int(log_every)
-    cfgs = [base.replace(optimizer="gd", lr=h, width=w, log_every=le,
-                         steps=le * math.ceil(time / (h * le) - 1e-9)) for w in widths for h in lrs]
+    cfgs = [base.replace(optimizer="gd", lr=h, width=w, seed=sd, log_every=le,
+                         steps=le * math.ceil(time / (h * le) - 1e-9))
+            for sd in seeds for w in widths for h in lrs]
     for c in cfgs:
         validate(c)
     start = _time.perf_counter()
-    ds = dataset if dataset is not None else training.load_data(base)
+    data = {sd: dataset if dataset is not None else training.load_data(base.replace(seed=sd))
+            for sd in seeds}
     say = progress or (lambda _: None)
     keep = out_dir is not None and traces
     rows = []
     for c in cfgs:
-        rid = f"gd_lr{c.lr:g}_w{c.width}"
+        rid = f"gd_lr{c.lr:g}_w{c.width}_s{c.seed}"
         say(f"{rid}: {c.steps} steps")
-        res = training.train(c, ds, trace_path=Path(out_dir) / "traces" / f"{rid}.json" if keep
-                             else None)
+        res = training.train(c, data[c.seed], trace_path=Path(out_dir) / "traces" / f"{rid}.json"
+                             if keep else None)
         m, summ = res.trace["metrics"], res.trace["summary"]
-        hit = at_loss(m, target_loss) if res.trace["status"] == "completed" else None
+        L0, L1 = m["train_loss"][0], summ.get("train_loss")
+        diverged = (res.trace["status"] != "completed" or L1 is None or not math.isfinite(L1)
+                    or L1 > L0)
+        hit = None if diverged else at_loss(m, target_loss)
         rows.append({
-            "run_id": rid, "lr": c.lr, "width": c.width, "steps": c.steps, "t": c.steps * c.lr,
-            "status": res.trace["status"], "num_params": res.trace["num_params"],
+            "run_id": rid, "seed": c.seed, "lr": c.lr, "width": c.width, "steps": c.steps,
+            "t": c.steps * c.lr, "status": res.trace["status"], "diverged": diverged,
+            "num_params": res.trace["num_params"], "initial_train_loss": L0,
             "final": {k: summ.get(k) for k in ("train_loss", "test_loss", "train_acc", "test_acc",
-                                               "grad_norm_sq", "igr_gd")},
+                                               "grad_norm_sq", "igr_gd")} | {"t": c.steps * c.lr},
             "at_loss": None if hit is None else hit | {"igr_gd": c.lr / 4 * hit["grad_norm_sq"]},
             "wall_time_s": res.trace["wall_time_s"]})
+    summary = sweep_summary(rows)
     results = {
-        "kind": "sgdreg.igr.sweep/1", "lrs": lrs, "widths": widths, "time": time,
-        "target_loss": target_loss, "log_every": le, "dataset": ds.describe(), "rows": rows,
-        "trends": sweep_trends(rows), "device": device_info(),
+        "kind": "sgdreg.igr.sweep/2", "lrs": lrs, "widths": widths, "seeds": seeds,
+        "time": time, "target_loss": target_loss, "log_every": le,
+        "dataset": data[seeds[0]].describe(), "rows": rows, "summary": summary,
+        "trends": sweep_trends(rows), "effects": sweep_effects(summary, len(seeds)),
+        "device": device_info(),
         "note": "final: at t = steps·lr ≈ time; at_loss: where train_loss first reaches "
-                "target_loss; trends: Kendall τ against h per width and against width per h "
-                "(claim: τ < 0 for grad_norm_sq, > 0 for test_acc)",
+                "target_loss; diverged: non-finite loss or final train_loss > initial; summary: "
+                "mean/min/max over the seeds that did not diverge; trends: Kendall τ of the seed "
+                "means (and per seed) against h per width and against width per h (claim: τ < 0 "
+                "for grad_norm_sq, > 0 for test_acc); effects: smallest vs largest h (width) "
+                "reached by every seed, separated = ±1 when the min–max ranges over seeds do not "
+                "overlap (sign of the change), 0 when they do",
     }
     if out_dir is not None:
         results["traces"] = [f"traces/{r['run_id']}.json" for r in rows] if keep else []
     return finish(out_dir, SWEEP, base.to_dict(), results, start)
 
 
+def sweep_summary(rows: Sequence[dict]) -> list[dict]:
+    """Per (width, h, view): the seeds run, how many diverged, and mean/min/max over the seeds
+    that did not diverge (and have the view) of each of ``SWEEP_KEYS``."""
+    out = []
+    for w, h in sorted({(r["width"], r["lr"]) for r in rows}):
+        cell = [r for r in rows if r["width"] == w and r["lr"] == h]
+        for view in ("final", "at_loss"):
+            ok = [r[view] for r in cell if not r["diverged"] and r[view] is not None]
+            entry = {"width": w, "lr": h, "view": view, "seeds": len(cell),
+                     "diverged": sum(r["diverged"] for r in cell), "n": len(ok)}
+            for k in SWEEP_KEYS:
+                v = [float(o[k]) for o in ok if o.get(k) is not None and math.isfinite(o[k])]
+                entry[k] = ({"mean": float(np.mean(v)), "min": min(v), "max": max(v), "n": len(v)}
+                            if v else None)
+            out.append(entry)
+    return out
+
+
 def sweep_trends(rows: Sequence[dict]) -> list[dict]:
-    """Kendall τ of R_IG, igr_gd and test_acc against h (per width) and against width (per h),
-    for each view (final, at_loss). The claim: τ < 0 for R_IG and τ > 0 for test_acc."""
+    """Kendall τ of R_IG, test loss and test accuracy against h (per width) and against width
+    (per h), for each view (final, at_loss): of the seed means over the non-diverged runs
+    (``tau_*``) and per seed (``tau_*_per_seed``). The claim: τ < 0 for R_IG, > 0 for test_acc."""
+    keys = ("grad_norm_sq", "test_loss", "test_acc")
+    seeds = sorted({r.get("seed", 0) for r in rows})
     out = []
     for against, fixed in (("lr", "width"), ("width", "lr")):
         for v0 in sorted({r[fixed] for r in rows}):
-            sub = [r for r in rows if r[fixed] == v0 and r["status"] == "completed"]
+            sub = [r for r in rows if r[fixed] == v0 and not r.get("diverged", r["status"] !=
+                                                                   "completed")]
             for view in ("final", "at_loss"):
-                vals = [(r[against], r[view]) for r in sub if r[view] is not None]
-                xs = [x for x, _ in vals]
-                out.append({"against": against, fixed: v0, "view": view, "n": len(vals), **{
-                    f"tau_{k}": kendall_tau(xs, [v.get(k) for _, v in vals])
-                    for k in ("grad_norm_sq", "igr_gd", "test_acc")}})
+                xs = sorted({r[against] for r in sub if r[view] is not None})
+                per = {sd: {r[against]: r[view] for r in sub if r.get("seed", 0) == sd
+                            and r[view] is not None} for sd in seeds}
+                entry = {"against": against, fixed: v0, "view": view, "n": len(xs)}
+                for k in keys:
+                    means = [_mean([per[sd][x].get(k) for sd in seeds if x in per[sd]]) for x in xs]
+                    entry[f"tau_{k}"] = kendall_tau(xs, means)
+                    entry[f"tau_{k}_per_seed"] = [
+                        kendall_tau(list(per[sd]), [v.get(k) for v in per[sd].values()])
+                        for sd in seeds]
+                out.append(entry)
+    return out
+
+
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def sweep_effects(summary: Sequence[dict], n_seeds: int) -> list[dict]:
+    """For each key (R_IG, test loss, test accuracy) and view: the smallest against the largest
+    h per width, and the smallest against the largest width per h, among the cells where all
+    ``n_seeds`` seeds ran without diverging. ``separated``: +1 (−1) when every seed's value at the
+    large end is above (below) every seed's value at the small end (min–max ranges disjoint),
+    0 when the ranges overlap: an effect smaller than its spread over seeds."""
+    out = []
+    full = [e for e in summary if e["n"] == n_seeds]
+    for against, fixed in (("lr", "width"), ("width", "lr")):
+        for v0 in sorted({e[fixed] for e in full}):
+            for view in ("final", "at_loss"):
+                cells = sorted((e for e in full if e[fixed] == v0 and e["view"] == view),
+                               key=lambda e: e[against])
+                if len(cells) < 2:
+                    continue
+                lo, hi = cells[0], cells[-1]
+                for k in ("grad_norm_sq", "test_loss", "test_acc"):
+                    a, b = lo[k], hi[k]
+                    if a is None or b is None:
+                        continue
+                    sep = 1 if b["min"] > a["max"] else -1 if b["max"] < a["min"] else 0
+                    out.append({"against": against, fixed: v0, "view": view, "key": k,
+                                "from": lo[against], "to": hi[against], "low_end": a,
+                                "high_end": b, "change": b["mean"] - a["mean"], "separated": sep})
     return out
