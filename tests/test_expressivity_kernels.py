@@ -8,13 +8,16 @@ from sklearn.datasets import load_digits
 from sgdreg import double_descent as dd
 from sgdreg import kernels
 from sgdreg.data import Dataset, split
+from sgdreg.errors import ConfigError
 from sgdreg.expressivity import expressivity_report, fit_two_layer_relu
 from sgdreg.kernels import (
+    error_interval,
     kernel_interpolate,
     linear_kernel,
     median_distance,
     min_norm_interpolant,
     preprocessing_norm_table,
+    random_label_norms,
     rbf_kernel,
 )
 from sgdreg.models import RandomFeatures
@@ -106,6 +109,8 @@ def test_rbf_interpolation_on_digits():
     assert (fit.n, fit.d, fit.metric) == (ds.n_train, 64, "0-1")
     assert fit.train_error == 0.0
     assert fit.test_error < 0.03  # measured 0.7% (1348 train, 449 test)
+    lo, hi = fit.test_error_ci
+    assert fit.n_test == ds.n_test and lo < fit.test_error < hi
 
 
 def test_rbf_kernel_convention_and_random_fourier_limit():
@@ -125,6 +130,52 @@ def test_preprocessing_norm_table_rows():
     true, rand = rows[:2], rows[4:]
     assert all(r["test_error"] > 0.7 for r in rand) and all(r["test_error"] < 0.1 for r in true)
     assert all(r["rkhs_norm"] > t["rkhs_norm"] for r, t in zip(rand, true))
+
+
+def test_random_label_norms_at_a_fixed_kernel_match_direct_solves():
+    """Per kernel and seed: ‖f‖_H = √(tr YᵀK⁻¹Y) from a dense solve of the same K, and the
+    interpolant of the same random labels from ``kernel_interpolate``; random labels need the
+    larger norm (5–6× on all of digits)."""
+    from sgdreg.data import preprocess
+    from sgdreg.randomization import randomize
+
+    ds = _digits(n_train=300, n_test=200)
+    rows = random_label_norms(ds, preprocessings=("standardize",), bandwidth_scales=(0.5, 1.0),
+                              seeds=(0, 3))
+    assert [(r["preprocessing"], r["bandwidth_scale"], r["seeds"]) for r in rows] == [
+        ("standardize", 0.5, [0, 3]), ("standardize", 1.0, [0, 3])]
+    x_tr, x_te = preprocess(ds.x_train, ds.x_test, "standardize")
+    for r in rows:
+        K = rbf_kernel(x_tr, x_tr, r["bandwidth"])
+        assert r["bandwidth"] == pytest.approx(r["bandwidth_scale"] * median_distance(x_tr))
+        labels = [ds.y_train] + [randomize(ds, "random-labels", seed=s).y_train for s in (0, 3)]
+        norms = [np.sqrt(np.trace(Y.T @ np.linalg.solve(K, Y))) for Y in np.eye(10)[labels]]
+        assert [r["rkhs_norm_true"], *r["rkhs_norm_random"]] == pytest.approx(norms, rel=1e-8)
+        assert r["ratio"] == pytest.approx([v / norms[0] for v in norms[1:]], rel=1e-8)
+        fit = kernel_interpolate(ds.replace(x_train=x_tr, x_test=x_te, y_train=labels[2]),
+                                 bandwidth=r["bandwidth"])
+        assert fit.rkhs_norm == pytest.approx(r["rkhs_norm_random"][1], rel=1e-8)
+        assert fit.test_error == r["test_error_random"][1] and fit.train_error == 0.0
+        assert r["ratio_min"] > 2.0 and r["test_error_true"] < 0.1
+
+
+def test_random_label_norms_rejects_regression_and_no_seeds():
+    with pytest.raises(ConfigError, match="seeds"):
+        random_label_norms(_digits(n_train=50, n_test=10), seeds=())
+    ds = _digits(n_train=50, n_test=10)
+    with pytest.raises(ConfigError, match="classification"):
+        random_label_norms(ds.replace(y_train=ds.y_train.astype(float), num_classes=0))
+
+
+@pytest.mark.parametrize("errors,n", [(0, 359), (3, 359), (359, 359), (42, 1000), (1, 2)])
+def test_error_interval_is_the_exact_binomial_interval(errors, n):
+    """Against SciPy's independent Clopper–Pearson (``binomtest(...).proportion_ci('exact')``)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(errors, n).proportion_ci(0.95, method="exact")
+    assert error_interval(errors, n) == pytest.approx((ci.low, ci.high), abs=1e-10)
+    with pytest.raises(ConfigError):
+        error_interval(n + 1, n)
 
 
 # --- random Fourier features and double descent (Belkin et al. 2019; Nakkiran et al. 2019) ------

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .data import Dataset, preprocess
+from .errors import ConfigError
 from .randomization import randomize
 
 KERNELS = ("linear", "rbf")
@@ -23,7 +24,7 @@ def min_norm_interpolant(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     X = flatten_inputs(X)
     n, d = X.shape
     if n > d:
-        raise ValueError(
+        raise ConfigError(
             f"a linear model cannot interpolate n = {n} points in d = {d} dimensions (n > d); "
             "use an RBF kernel (kernel_interpolate(ds, kernel='rbf'))"
         )
@@ -33,7 +34,7 @@ def min_norm_interpolant(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     try:
         c = cho_factor(G, lower=True)
     except LinAlgError as err:
-        raise ValueError("XXᵀ is singular (linearly dependent inputs): no exact interpolant") \
+        raise ConfigError("XXᵀ is singular (linearly dependent inputs): no exact interpolant") \
             from err
     return X.T @ cho_solve(c, np.asarray(y, dtype=np.float64))
 
@@ -65,7 +66,9 @@ class KernelInterpolation:
     """Summary of f = Σ_i α_i k(x_i, ·) with (K + reg·I)α = Y.
 
     Errors are 0–1 classification error (argmax) for classes, mean squared error (summed over
-    outputs, averaged over examples) for regression; ``rkhs_norm`` = √(tr αᵀKα).
+    outputs, averaged over examples) for regression; ``rkhs_norm`` = √(tr αᵀKα). For classes,
+    ``test_error_ci`` is the exact 95% binomial interval of the test error over the ``n_test``
+    test points (``error_interval``).
     """
 
     kernel: str
@@ -77,6 +80,8 @@ class KernelInterpolation:
     train_error: float
     test_error: float
     rkhs_norm: float
+    n_test: int = 0
+    test_error_ci: tuple[float, float] | None = None  # 95% Clopper–Pearson over the test points
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -90,43 +95,83 @@ def kernel_interpolate(ds: Dataset, kernel: str = "rbf", bandwidth: float | None
     ``reg`` > 0 gives kernel ridge regression (K + reg·I)α = Y.
     """
     if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+        raise ConfigError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     X, Xt = flatten_inputs(ds.x_train), flatten_inputs(ds.x_test)
     n, d = X.shape
     if kernel == "linear" and n > d and reg == 0.0:
-        raise ValueError(
+        raise ConfigError(
             f"a linear kernel cannot interpolate n = {n} points in d = {d} dimensions (n > d); "
             "use kernel='rbf' or reg > 0"
         )
     if kernel == "rbf":
         bandwidth = median_distance(X) if bandwidth is None else float(bandwidth)
         if not bandwidth > 0:
-            raise ValueError(f"bandwidth must be positive, got {bandwidth}")
+            raise ConfigError(f"bandwidth must be positive, got {bandwidth}")
         kfn = lambda A, B: rbf_kernel(A, B, bandwidth)
     else:
         bandwidth = None
         kfn = linear_kernel
-    Y = target_matrix(ds.y_train, ds.num_classes)
+    fit, = _interpolants(kfn, X, Xt, [target_matrix(ds.y_train, ds.num_classes)], reg)
+    return _summary(fit, ds, ds.y_train, kernel, bandwidth, reg, d)
+
+
+def _interpolants(kfn, X: np.ndarray, Xt: np.ndarray, targets: list[np.ndarray],
+                  reg: float = 0.0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """Solve (K + reg·I)α = Y for every Y in ``targets`` with one Cholesky factor of K.
+
+    Per target: (α, train predictions Kα, test predictions k(Xt, X)α, RKHS norm √(tr αᵀKα)).
+    """
+    n = len(X)
     K = kfn(X, X)
     from scipy.linalg import LinAlgError, cho_factor, cho_solve  # lazy: ~0.25 s
 
     try:
         c = cho_factor(K + reg * np.eye(n), lower=True)
     except LinAlgError as err:
-        raise ValueError(
+        raise ConfigError(
             "the kernel matrix is singular (duplicate or dependent inputs); pass reg > 0"
         ) from err
-    alpha = cho_solve(c, Y)
-    test_pred = np.concatenate(
-        [kfn(Xt[i:i + rows_per_chunk(n)], X) @ alpha for i in range(0, len(Xt), rows_per_chunk(n))]
-    ) if len(Xt) else np.zeros((0, Y.shape[1]))
+    alphas = [cho_solve(c, Y) for Y in targets]
+    A = np.concatenate(alphas, axis=1)  # one pass over the test rows for every target
+    rows = rows_per_chunk(n)
+    test_all = np.concatenate([kfn(Xt[i:i + rows], X) @ A for i in range(0, len(Xt), rows)]) \
+        if len(Xt) else np.zeros((0, A.shape[1]))
+    out, col = [], 0
+    for alpha in alphas:
+        k = alpha.shape[1]
+        train_pred = K @ alpha
+        out.append((alpha, train_pred, test_all[:, col:col + k],
+                    float(np.sqrt(max(np.sum(alpha * train_pred), 0.0)))))
+        col += k
+    return out
+
+
+def _summary(fit, ds: Dataset, y_train, kernel: str, bandwidth, reg: float, d: int
+             ) -> KernelInterpolation:
+    _, train_pred, test_pred, norm = fit
+    test_error = prediction_error(test_pred, ds.y_test, ds.num_classes)
+    ci = error_interval(round(test_error * ds.n_test), ds.n_test) \
+        if ds.num_classes and ds.n_test else None
     return KernelInterpolation(
-        kernel=kernel, bandwidth=bandwidth, reg=float(reg), n=n, d=d,
+        kernel=kernel, bandwidth=bandwidth, reg=float(reg), n=len(train_pred), d=d,
         metric="0-1" if ds.num_classes else "mse",
-        train_error=prediction_error(K @ alpha, ds.y_train, ds.num_classes),
-        test_error=prediction_error(test_pred, ds.y_test, ds.num_classes),
-        rkhs_norm=float(np.sqrt(max(np.sum(alpha * (K @ alpha)), 0.0))),
+        train_error=prediction_error(train_pred, y_train, ds.num_classes),
+        test_error=test_error, rkhs_norm=norm, n_test=int(ds.n_test), test_error_ci=ci,
     )
+
+
+def error_interval(errors: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper–Pearson) interval for a 0–1 error rate from ``errors`` mistakes on ``n``
+    independent test points: the α/2 and 1 − α/2 quantiles of Beta(k, n − k + 1) and
+    Beta(k + 1, n − k), α = 1 − ``level`` (Clopper & Pearson 1934); 0 and 1 at the ends."""
+    if not 0 <= errors <= n or n < 1:
+        raise ConfigError(f"need 0 ≤ errors ≤ n and n ≥ 1, got errors = {errors}, n = {n}")
+    from scipy.stats import beta  # lazy
+
+    a = 1.0 - level
+    lo = 0.0 if errors == 0 else float(beta.ppf(a / 2, errors, n - errors + 1))
+    hi = 1.0 if errors == n else float(beta.ppf(1 - a / 2, errors + 1, n - errors))
+    return lo, hi
 
 
 def preprocessing_norm_table(ds: Dataset, preprocessings=("unit", "standardize"),
@@ -135,10 +180,13 @@ def preprocessing_norm_table(ds: Dataset, preprocessings=("unit", "standardize")
     """RBF interpolants of one dataset under several input preprocessings: rows (preprocessing,
     bandwidth_scale, test_error, rkhs_norm, ...), bandwidth = scale × median pairwise distance.
 
-    Zhang et al. 2017 §5: the min-norm solution's norm does not track test error. A global
-    rescaling (``unit`` vs ``none``) is invisible here because the median heuristic rescales with
-    the inputs; ``standardize`` changes the geometry. ``random_labels`` adds rows for uniform random
-    classes (``randomize(ds, "random-labels", seed=seed)``) under the first preprocessing.
+    Zhang et al. 2017 §5. Each (preprocessing, bandwidth) is a different kernel, i.e. a different
+    function space, so norms in different rows are in different units: the table compares
+    kernels (across them the norm varies far more than the test error), not label sets; for the
+    latter, at one fixed kernel, see ``random_label_norms``. A global rescaling (``unit`` vs
+    ``none``) is invisible here because the median heuristic rescales with the inputs;
+    ``standardize`` changes the geometry. ``random_labels`` adds rows for uniform random classes
+    (``randomize(ds, "random-labels", seed=seed)``) under the first preprocessing.
     """
     rows = []
     variants = [(how, ds.y_train, how) for how in preprocessings]
@@ -152,6 +200,44 @@ def preprocessing_norm_table(ds: Dataset, preprocessings=("unit", "standardize")
             fit = kernel_interpolate(ds.replace(x_train=x_tr, x_test=x_te, y_train=y_train),
                                      bandwidth=scale * h)
             rows.append({"preprocessing": name, "bandwidth_scale": scale, **fit.as_dict()})
+    return rows
+
+
+def random_label_norms(ds: Dataset, preprocessings=("unit", "standardize"),
+                       bandwidth_scales=(0.5, 1.0, 2.0), seeds=tuple(range(10))) -> list[dict]:
+    """RKHS norms of the RBF interpolants of the true and of uniform random labels at one fixed
+    kernel: one row per (preprocessing, bandwidth_scale), bandwidth = scale × median pairwise
+    distance of the preprocessed train inputs.
+
+    Zhang et al. 2017 §5: a kernel fixes the function space, so only at a fixed kernel does
+    ‖f‖_H = √(tr YᵀK⁻¹Y) compare how hard labels are to fit. Each seed draws labels by
+    ``randomize(ds, "random-labels", seed=seed)``; one Cholesky factor of K serves every label
+    set. Row keys: ``rkhs_norm_true``, ``test_error_true``, per seed ``rkhs_norm_random``,
+    ``test_error_random`` (against the true test labels) and ``ratio`` = random / true, with its
+    min and max over the seeds.
+    """
+    if not ds.num_classes:
+        raise ConfigError(f"random labels need a classification dataset; {ds.name} is regression")
+    if not seeds:
+        raise ConfigError("seeds: give at least one seed")
+    labels = [randomize(ds, "random-labels", seed=s).y_train for s in seeds]
+    rows = []
+    for how in preprocessings:
+        x_tr, x_te = preprocess(ds.x_train, ds.x_test, how)
+        X, Xt = flatten_inputs(x_tr), flatten_inputs(x_te)
+        h = median_distance(X)
+        for scale in bandwidth_scales:
+            fits = _interpolants(lambda A, B, bw=scale * h: rbf_kernel(A, B, bw), X, Xt,
+                                 [target_matrix(y, ds.num_classes) for y in [ds.y_train, *labels]])
+            test = [prediction_error(f[2], ds.y_test, ds.num_classes) for f in fits]
+            norms = [f[3] for f in fits]
+            ratio = [v / norms[0] for v in norms[1:]]
+            rows.append({"dataset": ds.name, "preprocessing": how, "bandwidth_scale": scale,
+                         "bandwidth": scale * h, "n": len(X), "n_test": len(Xt),
+                         "seeds": [int(s) for s in seeds], "rkhs_norm_true": norms[0],
+                         "test_error_true": test[0], "rkhs_norm_random": norms[1:],
+                         "test_error_random": test[1:], "ratio": ratio,
+                         "ratio_min": min(ratio), "ratio_max": max(ratio)})
     return rows
 
 
