@@ -42,7 +42,11 @@ DtypeOpt = Annotated[str, Opt("--dtype", help="float32 or float64.")]
 HessEveryOpt = Annotated[int, Opt("--hessian-every", help="Curvature probes every k steps "
                                   "(0 = off; a multiple of --log-every).")]
 ProbesOpt = Annotated[int, Opt("--probes", help="Hutchinson probes K for tr H ± stderr.")]
-LanczosOpt = Annotated[int, Opt("--lanczos-steps", help="Lanczos steps M for λ_max, λ_min.")]
+LanczosOpt = Annotated[int, Opt("--lanczos-steps", help="Lanczos steps M for λ_max and the "
+                               "top-k eigenvalues.")]
+LambdaMinOpt = Annotated[int | None, Opt("--lambda-min-steps", help="λ_min by Lanczos until "
+                         "its Ritz residual converges, at most this many steps (0: no λ_min; "
+                         "default 500, and 0 for compare's automatic probes).")]
 TopKOpt = Annotated[int, Opt("--top-k", help="Number of top eigenvalues to record.")]
 HessNOpt = Annotated[int | None, Opt("--hessian-n", help="Curvature on the first n training "
                                      "examples (default: all).")]
@@ -51,6 +55,10 @@ SlqOpt = Annotated[bool, Opt("--slq", help="Also record the SLQ spectral density
 
 
 AUTO_CURVATURE_PROBES = 10  # compare's default: about this many curvature probes per run
+# compare's automatic probes skip λ_min: it is not in the figure, and converging it takes
+# 100–400 Hessian-vector products per probe on the default MLP (it sits at the edge of the
+# dense bulk near 0), which doubled the default run's wall time; --lambda-min-steps 500 measures it
+AUTO_LAMBDA_MIN_STEPS = 0
 DEFAULT_DIGITS_N = 256  # compare's default subset of digits (README: "the default")
 
 
@@ -293,6 +301,7 @@ def compare(
                                       "λ_max, batch sharpness).")] = False,
     probes: ProbesOpt = 20,
     lanczos_steps: LanczosOpt = 20,
+    lambda_min_steps: LambdaMinOpt = None,
     top_k: TopKOpt = 3,
     hessian_n: HessNOpt = None,
     slq: SlqOpt = False,
@@ -326,12 +335,15 @@ def compare(
     if no_curvature and hessian_every:
         raise UsageProblem("--no-curvature and --hessian-every contradict each other; give one")
     auto = AUTO_CURVATURE_PROBES if hessian_every is None and not no_curvature else 0
+    if lambda_min_steps is None:  # the automatic probes skip λ_min (see AUTO_LAMBDA_MIN_STEPS)
+        lambda_min_steps = AUTO_LAMBDA_MIN_STEPS if auto else RunConfig.lambda_min_steps
     cfgs = make_configs(optimizers, lr, steps=steps, batch_size=batch_size, seed=seed,
                         dataset=dataset, model=model, loss=loss, width=width, depth=depth,
                         activation=activation, momentum=momentum, log_every=log_every,
                         data_dir=data_dir, n_train=n_train or None, dtype=dtype,
                         hessian_every=hessian_every or 0, probes=probes,
-                        lanczos_steps=lanczos_steps, top_k=top_k, hessian_n=hessian_n, slq=slq)
+                        lanczos_steps=lanczos_steps, lambda_min_steps=lambda_min_steps,
+                        top_k=top_k, hessian_n=hessian_n, slq=slq)
     dest = out_dir(out, "compare")
     from sgdreg.plotting.common import preload
 
@@ -381,6 +393,7 @@ def train(
     hessian_every: HessEveryOpt = 0,
     probes: ProbesOpt = 20,
     lanczos_steps: LanczosOpt = 20,
+    lambda_min_steps: LambdaMinOpt = None,
     top_k: TopKOpt = 3,
     hessian_n: HessNOpt = None,
     slq: SlqOpt = False,
@@ -406,7 +419,8 @@ def train(
                     randomization=randomization, corruption=corruption, log_every=log_every,
                     data_dir=data_dir, n_train=n_train, dtype=dtype,
                     hessian_every=hessian_every, probes=probes, lanczos_steps=lanczos_steps,
-                    top_k=top_k, hessian_n=hessian_n, slq=slq)
+                    top_k=top_k, hessian_n=hessian_n, slq=slq,
+                    **({} if lambda_min_steps is None else {"lambda_min_steps": lambda_min_steps}))
     validate_early(cfg)
     dest = out_dir(out, "train")
     ds, results = run_grid([cfg], epochs, dest, "train")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .app import app, console, emit_json, out_dir, print_table
+from .app import UsageProblem, app, console, emit_json, out_dir, print_table
 
 Opt = typer.Option
 
@@ -17,7 +17,14 @@ def hessian(
     checkpoint: Annotated[Path, typer.Argument(help="A .eqx file from `sgdreg train "
                                                "--save-checkpoint`.")],
     probes: Annotated[int, Opt("--probes", help="Hutchinson probes K.")] = 50,
-    lanczos_steps: Annotated[int, Opt("--lanczos-steps")] = 30,
+    lanczos_steps: Annotated[int, Opt("--lanczos-steps", help="Lanczos steps for λ_max and the "
+                                      "top-k eigenvalues.")] = 30,
+    lambda_min_steps: Annotated[int | None, Opt(
+        "--lambda-min-steps", help="At most this many Lanczos steps for λ_min; it stops once "
+        "converged (default 500; 0: no λ_min).")] = None,
+    lambda_min_tol: Annotated[float | None, Opt(
+        "--lambda-min-tol", help="λ_min converged: Ritz residual ≤ tol·‖H‖ (default 1e-6).")]
+    = None,
     top_k: Annotated[int, Opt("--top-k")] = 5,
     hessian_n: Annotated[int | None, Opt("--hessian-n", help="First n training examples.")]
     = None,
@@ -28,8 +35,10 @@ def hessian(
     out: Annotated[Path | None, Opt("--out")] = None,
     json: Annotated[bool, Opt("--json")] = False,
 ):
-    """Hessian trace ± stderr, top-k and smallest eigenvalues, Γ and the spectral density of a
-    saved model, on its own training data (re-loaded from the saved config).
+    """Hessian trace ± stderr (total and per layer), top-k and smallest eigenvalues with their
+    Ritz residuals and converged flags, Γ and the spectral density of a saved model, on its own
+    training data (re-loaded from the saved config). A Ritz value θ is converged when its
+    residual ‖Hy − θy‖ ≤ tol·‖H‖; then an eigenvalue of H lies within the residual of θ.
 
     Example:
 
@@ -44,24 +53,38 @@ def hessian(
     from sgdreg.trace import atomic_write_json
     from sgdreg.training import load_data
 
+    if lambda_min_steps is not None and lambda_min_steps < 0:
+        raise UsageProblem(f"--lambda-min-steps must be ≥ 0 (0: no λ_min), got {lambda_min_steps}")
+    if lambda_min_tol is not None and not lambda_min_tol > 0:
+        raise UsageProblem(f"--lambda-min-tol must be > 0, got {lambda_min_tol}")
     model, cfg = load_model(checkpoint)
     cfg = cfg.replace(probes=probes, lanczos_steps=lanczos_steps, top_k=top_k,
                       hessian_n=hessian_n, slq=True, hessian_every=cfg.log_every)
     validate(cfg)
     ds = load_data(cfg)
     dest = out_dir(out, "hessian")
-    res = measure_curvature(model, cfg, ds, seed=seed, slq_starts=slq_starts)
+    options = {k: v for k, v in (("lambda_min_max_steps", lambda_min_steps),
+                                 ("lambda_min_tol", lambda_min_tol)) if v is not None}
+    res = measure_curvature(model, cfg, ds, seed=seed, slq_starts=slq_starts, **options)
     dest.mkdir(parents=True, exist_ok=True)
     files, used = spectral_density_figure(res["slq_nodes"], res["slq_weights"],
                                           dest / "density.png", sigma)
     res |= {"checkpoint": str(checkpoint), "density_sigma_std": used,
             "density_figure": str(files[0])}
     atomic_write_json(dest / "curvature.json", res)
-    rows = [["tr H", f"{res['hessian_trace']:.5g} ± {res['hessian_trace_stderr']:.2g}"],
-            ["λ_max", res["lambda_max"]], ["λ_max converged", res["lambda_max_converged"]],
-            ["top eigenvalues", ", ".join(f"{v:.4g}" for v in res["top_eigenvalues"])],
-            ["λ_min", res["lambda_min"]], ["λ_max·‖θ‖²", res["lambda_max_scaled"]],
-            ["Γ (grad noise)", res["grad_var"]], ["EoS reference", res["eos_threshold"]]]
+    rows = [["tr H", f"{res['hessian_trace']:.5g} ± {res['hessian_trace_stderr']:.2g}"]]
+    rows += [[f"  tr H[{name}]", f"{v:.5g} ± {se:.2g}"] for name, v, se in zip(
+        res["layers"], res["layer_hessian_traces"], res["layer_hessian_traces_stderr"])]
+    rows += [["λ_max", res["lambda_max"]],
+             ["  residual, converged", f"{res['lambda_max_residual']:.2g}, "
+              f"{res['lambda_max_converged']} ({lanczos_steps} Lanczos steps)"],
+             ["top eigenvalues", ", ".join(f"{v:.4g}" for v in res["top_eigenvalues"])]]
+    if "lambda_min" in res:  # --lambda-min-steps 0: not measured
+        rows += [["λ_min", res["lambda_min"]],
+                 ["  residual, converged", f"{res['lambda_min_residual']:.2g}, "
+                  f"{res['lambda_min_converged']} ({res['lambda_min_steps']} Lanczos steps)"]]
+    rows += [["λ_max·‖θ‖²", res["lambda_max_scaled"]],
+             ["Γ (grad noise)", res["grad_var"]], ["EoS reference", res["eos_threshold"]]]
     if "batch_sharpness" in res:
         rows.append(["batch sharpness", f"{res['batch_sharpness']:.4g} ± "
                      f"{res['batch_sharpness_stderr']:.2g}"])

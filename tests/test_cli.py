@@ -33,6 +33,9 @@ def test_compare_writes_traces_figure_and_summary(tmp_path, capsys):
             "hessian_trace_stderr", "lambda_max", "lambda_max_converged",
             "batch_sharpness"} <= set(df["metric"])
     assert "hessian_trace" in summary["runs"][0] and "lambda_max" in summary["runs"][1]
+    # the automatic probes skip λ_min (100–400 HVPs per probe to converge; not in the figure)
+    assert "lambda_min" not in set(df["metric"])
+    assert docs[1]["probes"]["curvature"]["lambda_min_max_steps"] == 0
     assert main(["trace", "export", str(out / "gd_lr0.1_s0.json"), "--out",
                  str(tmp_path / "t.csv")]) == 0
     assert (tmp_path / "t.csv").read_text().startswith("step,t,metric,value")
@@ -98,6 +101,9 @@ def test_train_checkpoint_then_hessian(tmp_path, capsys):
                  "--slq-starts", "2", "--out", str(tmp_path / "h"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["lambda_max"] >= res["top_eigenvalues"][1] and res["hessian_trace_stderr"] > 0
+    assert res["lambda_min_converged"] is True and res["lambda_min"] <= res["top_eigenvalues"][-1]
+    assert len(res["layers"]) == len(res["layer_hessian_traces"]) == \
+        len(res["layer_hessian_traces_stderr"])
     assert (tmp_path / "h" / "density.png").is_file() and res["density_sigma_std"] > 0
     assert main(["hessian", str(tmp_path / "nope.eqx")]) == 2
 

@@ -163,7 +163,12 @@ def test_hutchinson_diag_consistent(mlp, hutch):
 
 def test_map_and_vmap_batching_agree(mlp, hutch):
     b = cv.hutchinson(mlp.mv, mlp.p, jax.random.key(0), K, batching="vmap")
-    for u, v in zip(hutch[0][:-1], b[:-1]):
+    for u, v in zip(hutch[0][:6], b[:6]):  # estimate … diag (the rest are None here)
+        np.testing.assert_allclose(u, v, rtol=1e-12)
+    names, seg = cv.layer_segments(mlp.params)
+    r = [cv.hutchinson(mlp.mv, mlp.p, jax.random.key(0), K, batching=how, segments=seg,
+                       num_segments=len(names)) for how in ("map", "vmap")]
+    for u, v in zip(r[0][-2:], r[1][-2:]):  # per-layer traces ± stderr
         np.testing.assert_allclose(u, v, rtol=1e-12)
 
 
@@ -188,6 +193,34 @@ def test_layer_traces(mlp, hutch):
             np.testing.assert_allclose(exact[name], np.trace(hll), rtol=1e-12)
             sd = np.sqrt((rademacher_var(hll) + np.sum(rest**2)) / K)
             assert abs(float(est[name]) - np.trace(hll)) <= 3.5 * sd, name
+
+
+def test_layer_traces_with_stderr_sum_to_total(mlp):
+    """Per-layer Hutchinson traces ± stderr from the same probes: they sum to the total probe by
+    probe, equal Σ diag over the layer, and match the exact block traces of the dense Hessian,
+    with stderr matching the exact single-probe variance of Σ_{i∈l} v_i(Hv)_i (Rademacher)."""
+    h, params = mlp.h, mlp.params
+    names, seg = cv.layer_segments(params)
+    assert names == models.layer_names(params) == ["layers[0]", "layers[1]"]
+    z, ratios = [], []
+    for s in range(5):
+        r = cv.hutchinson(mlp.mv, mlp.p, jax.random.key(s), K, segments=seg,
+                          num_segments=len(names))
+        est, se = np.asarray(r.block_estimates), np.asarray(r.block_stderr)
+        assert est.shape == se.shape == (2,)
+        np.testing.assert_allclose(est.sum(), r.estimate, rtol=1e-12)
+        np.testing.assert_allclose(est, list(cv.layer_traces(r.diag, params).values()), rtol=1e-12)
+        for b in range(len(names)):
+            idx = np.flatnonzero(seg == b)
+            hll, rest = h[np.ix_(idx, idx)], np.delete(h[idx], idx, axis=1)
+            var = rademacher_var(hll) + np.sum(rest**2)  # exact Var of one probe's layer sum
+            z.append((est[b] - np.trace(hll)) / se[b])
+            ratios.append(se[b] ** 2 / (var / K))
+    print("layer z", np.round(z, 2), "stderr² / exact", np.round(ratios, 2))
+    assert np.all(np.abs(z) <= 3.5)
+    assert 0.5 < np.mean(ratios) < 2
+    with pytest.raises(ValueError, match="segments"):
+        cv.hutchinson(mlp.mv, mlp.p, jax.random.key(0), K, segments=seg[:-1], num_segments=2)
 
 
 def test_hutchinson_adaptive():
@@ -265,6 +298,29 @@ def test_lanczos_smallest_on_indefinite(mlp):
     print("Lanczos bottom-3", np.asarray(r.eigenvalues), "exact", exact, "rel", rel)
     assert exact[0] < 0
     assert rel[0] < 1e-6 and bool(r.converged[0])
+
+
+@pytest.mark.parametrize("which", ["smallest", "largest"])
+def test_lanczos_adaptive_stops_when_converged(mlp, which):
+    exact = np.linalg.eigvalsh(mlp.h)
+    want = exact[:2] if which == "smallest" else exact[::-1][:2]
+    run = functools.partial(cv.lanczos_adaptive, mlp.mv, mlp.p, 2, 120, key=jax.random.key(0),
+                            which=which)  # tol as an array: one compiled program for both
+    r = run(tol=jnp.asarray(1e-9))
+    n = int(r.num_steps)
+    print(which, "steps", n, "residuals", r.residuals)
+    assert bool(np.all(r.converged)) and n % 10 == 0 and n < 120
+    np.testing.assert_allclose(r.eigenvalues, want, rtol=1e-9)
+    scale = np.abs(exact).max()
+    assert np.all(np.asarray(r.residuals) <= 1e-9 * scale)
+    y = np.asarray(r.eigenvectors)  # the reported residual is ‖Hy − θy‖ of the returned pair
+    true_res = np.linalg.norm(y @ mlp.h - np.asarray(r.eigenvalues)[:, None] * y, axis=1)
+    np.testing.assert_allclose(true_res, r.residuals, atol=1e-10 * scale)
+    fixed = cv.lanczos_eigs(mlp.mv, mlp.p, 2, n, key=jax.random.key(0), which=which)
+    np.testing.assert_allclose(fixed.eigenvalues, r.eigenvalues, rtol=1e-12)  # same Krylov space
+    np.testing.assert_allclose(fixed.residuals, r.residuals, rtol=1e-6, atol=1e-14 * scale)
+    never = run(tol=jnp.asarray(-1.0))  # a tolerance no residual meets: all 120 steps, and
+    assert int(never.num_steps) == 120 and not bool(np.any(never.converged))  # says so
 
 
 def test_lanczos_algebraic_not_magnitude():
@@ -418,3 +474,92 @@ def test_batch_sharpness_matches_subset_enumeration(mlp):
     z = (float(r.mean) - np.mean(vals)) / float(r.stderr)
     print("batch sharpness", float(r.mean), "exact", np.mean(vals), "z", z)
     assert abs(z) < 3.5
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+def default_family(width, n_train, steps, **kw):
+    """`sgdreg compare`'s default problem (digits, tanh MLP of depth 2, MSE, GD at h = 0.1) in
+    float64, with the curvature probe at its defaults at steps 0 and ``steps``."""
+    from sgdreg import training
+    from sgdreg.config import RunConfig
+
+    cfg = RunConfig(dataset="digits", n_train=n_train, model="mlp", width=width, depth=2,
+                    activation="tanh", loss="mse", optimizer="gd", lr=0.1, steps=steps,
+                    log_every=steps, hessian_every=steps, dtype="float64", **kw)
+    return training.train(cfg)
+
+
+def check_lambda_min_probe(res, hessian):
+    """The probe's λ_min at the defaults: converged, and equal to the exact λ_min to 1e-4."""
+    from sgdreg.probes import LAMBDA_MIN_MAX_STEPS, LAMBDA_MIN_TOL
+
+    tr, m = res.trace, res.trace["metrics"]
+    d = tr["probes"]["curvature"]
+    assert (d["lambda_min_max_steps"], d["lambda_min_tol"]) == (LAMBDA_MIN_MAX_STEPS,
+                                                                LAMBDA_MIN_TOL)
+    assert "converged when its residual" in d["converged"]
+    params = {0: models.partition(res.model0)[0], -1: models.partition(res.model)[0]}
+    for row in (0, -1):
+        exact = hessian(params[row])
+        got = m["lambda_min"][row]
+        print(f"row {row}: λ_min {got:.10g} exact {exact:.10g} rel {abs(got - exact) / abs(exact):.1e}"
+              f" steps {m['lambda_min_steps'][row]} residual {m['lambda_min_residual'][row]:.2e}")
+        assert m["lambda_min_converged"][row] is True
+        assert m["lambda_min_residual"][row] <= LAMBDA_MIN_TOL * m["lambda_max"][row] * 1.001
+        np.testing.assert_allclose(got, exact, rtol=1e-4)
+    return m
+
+
+def test_probe_lambda_min_converges_and_matches_dense_hessian():
+    """Default family at width 16 on 64 digits (1,482 parameters; the default MLP's dense Hessian
+    is the slow test below), after 100 GD steps: λ_min converged at the probe's defaults and
+    equal to the dense float64 Hessian's to 1e-4; the per-layer traces are named by the trace's
+    ``layers``, sum to the total and lie within 4 stderr of the dense blocks."""
+    res = default_family(16, 64, 100)
+    obj, d = res.setup.problem.objective, res.setup.data
+
+    def dense(params):
+        return np.asarray(cv.dense_hessian(obj.example_loss, params, d.x_train, d.y_train))
+
+    m = check_lambda_min_probe(res, lambda p: np.linalg.eigvalsh(dense(p))[0])
+    layers = res.trace["layers"]
+    assert layers == ["layers[0]", "layers[1]", "layers[2]"]
+    params = models.partition(res.model)[0]
+    h, (_, seg) = dense(params), cv.layer_segments(params)
+    est, se = np.asarray(m["layer_hessian_traces"][-1]), np.asarray(m["layer_hessian_traces_stderr"][-1])
+    assert est.shape == se.shape == (3,) and np.all(se > 0)
+    np.testing.assert_allclose(est.sum(), m["hessian_trace"][-1], rtol=1e-12)
+    exact = np.array([np.trace(h[np.ix_(seg == b, seg == b)]) for b in range(3)])
+    print("layer traces", est, "±", se, "exact", exact)
+    assert np.all(np.abs(est - exact) <= 4 * se)
+    df = __import__("sgdreg").to_dataframe(res.trace)  # named columns for every consumer
+    assert {f"layer_hessian_traces/{n}" for n in layers} <= set(df.metric)
+
+
+@pytest.mark.slow
+def test_probe_lambda_min_default_mlp_matches_dense_hessian():
+    """The default MLP itself (64-128-128-10 tanh, MSE, 256 digits; 26,122 parameters) after
+    `sgdreg compare`'s 3000 GD steps, where λ_min/λ_max ≈ 2e-4 sits at the edge of the bulk:
+    the probe's λ_min (float64, defaults) against the dense float64 Hessian, assembled column by
+    column from HVPs, whose smallest eigenvalue is found by ARPACK on the explicit matrix
+    (a full LAPACK eigendecomposition of 26k × 26k takes about an hour on 2 cores)."""
+    import scipy.sparse.linalg as sla
+
+    res = default_family(128, 256, 3000)
+    obj, d = res.setup.problem.objective, res.setup.data
+
+    def smallest(params):
+        mv = cv.hessian_matvec(obj.example_loss, params, d.x_train, d.y_train)
+        cols = jax.jit(jax.vmap(mv))
+        p, chunk = mv.dim, 512
+        h = np.empty((p, p))
+        for i in range(0, p, chunk):
+            e = jnp.eye(chunk, p, i, dtype=F64)[: min(chunk, p - i)]
+            h[i:i + len(e)] = np.asarray(cols(e))
+        assert np.abs(h - h.T).max() <= 1e-10 * np.abs(h).max()
+        # ARPACK's tol is relative to |λ|: 1e-8·|λ_min| ≈ 2e-12·‖H‖ is reachable in float64
+        return sla.eigsh(h, k=1, which="SA", tol=1e-8, ncv=500, return_eigenvectors=False)[0]
+
+    check_lambda_min_probe(res, smallest)

@@ -58,6 +58,36 @@ def test_unit_preprocess_and_subsample():
     np.testing.assert_array_equal(ds.x_train, full.x_train[:100])
 
 
+def test_float64_run_reads_float64_data():
+    """A float64 run's data equal the float64 source (sklearn's raw digits, split and z-scored by
+    numpy in float64), not its float32 rounding; float32 runs keep float32 data."""
+    import jax
+
+    from sgdreg.config import RunConfig
+    from sgdreg.training import device_data, load_data
+
+    raw = load_digits().data  # float64 pixels 0..16
+    x_tr, _, x_te, _ = split(raw, np.zeros(len(raw)), 0.2, seed=0)
+    mu, sd = x_tr.mean(axis=0), x_tr.std(axis=0)
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    want_tr, want_te = ((x_tr - mu) / sd)[:100], ((x_te - mu) / sd)[:50]
+    assert np.any(want_tr != want_tr.astype(np.float32))  # the source is not float32-exact
+    cfg = RunConfig(dataset="digits", n_train=100, n_test=50, width=4, dtype="float64")
+    ds = load_data(cfg)
+    assert ds.x_train.dtype == ds.x_test.dtype == np.float64
+    np.testing.assert_array_equal(ds.x_train.reshape(100, -1), want_tr)
+    np.testing.assert_array_equal(ds.x_test.reshape(50, -1), want_te)
+    assert jax.config.jax_enable_x64  # tests/conftest.py: the run's device copy is float64 too
+    on_device = device_data(ds, np.float64).x_train
+    np.testing.assert_array_equal(np.asarray(on_device).reshape(100, -1), want_tr)
+    reg = load_data(RunConfig(dataset="teacher", n_train=20, n_test=10, loss="mse",
+                              dtype="float64"))
+    assert reg.x_train.dtype == reg.y_train.dtype == np.float64  # targets in the run's dtype
+    f32 = load_data(cfg.replace(dtype="float32"))
+    assert f32.x_train.dtype == np.float32
+    np.testing.assert_array_equal(f32.x_train.reshape(100, -1), want_tr.astype(np.float32))
+
+
 def test_mnist1d_offline():
     state = np.random.get_state()[1].copy()
     ds = open_dataset("mnist1d")  # the first load in this process generates the data

@@ -52,6 +52,8 @@ class RunConfig:
     probes: int = 20
     probe_kind: str = "rademacher"
     lanczos_steps: int = 20
+    # λ_min: Lanczos run until its Ritz residual converges, at most this many steps (0 = no λ_min)
+    lambda_min_steps: int = 500
     top_k: int = 3
     hessian_n: int | None = None
     slq: bool = False
@@ -112,6 +114,8 @@ def validate(cfg: RunConfig, n_train: int | None = None) -> None:
                           f"({cfg.log_every}), got {cfg.hessian_every}")
     if cfg.hessian_every and (cfg.probes < 2 or cfg.lanczos_steps < cfg.top_k or cfg.top_k < 1):
         raise ConfigError("probes must be ≥ 2 and lanczos_steps ≥ top_k ≥ 1")
+    if cfg.lambda_min_steps < 0:
+        raise ConfigError(f"lambda_min_steps must be ≥ 0 (0: no λ_min), got {cfg.lambda_min_steps}")
     if cfg.probe_kind not in ("rademacher", "gaussian"):
         raise ConfigError(f"probe_kind must be rademacher or gaussian, got {cfg.probe_kind!r}")
     if cfg.loss not in ("ce", "mse"):

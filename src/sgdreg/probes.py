@@ -26,7 +26,8 @@ import jax.numpy as jnp
 
 from .batching import full_batch_mean, full_batch_value_and_grad
 from .dynamics import eos_threshold
-from .models import layer_norms
+from .errors import ConfigError
+from .models import layer_names, layer_norms
 
 
 def sq_norm(tree) -> jax.Array:
@@ -137,13 +138,32 @@ HESSIAN_DEFINITION = (
     "BatchNorm with its running statistics frozen at the probe's step")
 
 
+LAMBDA_MIN_MAX_STEPS = 500  # λ_min: Lanczos steps at most (the default MLP: 80–400, see A.md)
+LAMBDA_MIN_TOL = 1e-6  # λ_min converged: ‖Hy − θy‖ ≤ 1e-6·max|θ| (reached in float32 too)
+
+
+def convergence_definition(lambda_min_tol: float) -> str:
+    """What ``lambda_max_converged``/``lambda_min_converged`` mean, as recorded in the trace."""
+    return ("Ritz pair (θ, y) converged when its residual ‖Hy − θy‖ ≤ tol·max|θ| (max|θ| ≈ ‖H‖₂, "
+            "from the same Lanczos run); tol = √eps of the dtype (1.5e-8 float64, 3.5e-4 "
+            f"float32) for λ_max and top-k after lanczos_steps steps, {lambda_min_tol:.3g} for "
+            "λ_min, whose Lanczos run stops there (or at lambda_min_max_steps, then unconverged); "
+            "an eigenvalue of H lies within the residual of θ")
+
+
 class CurvatureProbe:
     """Hessian of the full-batch training loss every ``every`` steps (SCIENCE.md §3):
-    Hutchinson trace ± stderr with tr(H²) and per-layer traces from the same probes, the top-k
-    and smallest eigenvalues by Lanczos (warm-started from the last top eigenvector), λ_max·‖θ‖²,
-    the EoS reference, batch sharpness (minibatch methods), Γ exactly from per-example gradients
-    and, optionally, the raw SLQ nodes/weights of the spectral density. The Hessian is
-    ``HESSIAN_DEFINITION`` (inference mode for dropout/BatchNorm models), recorded in the trace.
+    Hutchinson trace ± stderr with tr(H²) and per-layer traces ± stderr from the same probes
+    (``layer_hessian_traces`` in the order of the trace's ``layers``), the top-k eigenvalues by
+    ``lanczos_steps`` Lanczos steps (warm-started from the last top eigenvector), the smallest
+    eigenvalue by ``lanczos_adaptive`` (run until its Ritz residual ≤ ``lambda_min_tol``·max|θ|,
+    at most ``lambda_min_max_steps`` steps, 0: no λ_min; it sits at the edge of the dense bulk
+    near 0, so 20–30 fixed steps leave it 10–100% off, even of the wrong sign, and converging it
+    takes 80–400 steps on the default MLP), each with its residual and converged flag,
+    λ_max·‖θ‖², the EoS reference, batch sharpness (minibatch methods), Γ exactly from
+    per-example gradients and, optionally, the raw SLQ nodes/weights of the spectral density.
+    The Hessian is ``HESSIAN_DEFINITION`` (inference mode for dropout/BatchNorm models),
+    recorded in the trace.
 
     Example: ``sgdreg.run(model, data, probes=[sgdreg.CurvatureProbe(50, num_probes=100)])``
     (``curvature=50`` is the shorthand with the defaults)."""
@@ -153,10 +173,12 @@ class CurvatureProbe:
     def __init__(self, every: int, *, num_probes=20, kind="rademacher", lanczos_steps=20,
                  top_k=3, subset: int | None = None, slq: bool = False, slq_starts: int = 4,
                  sharpness_batches: int = 10, threshold: float | None = None,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, lambda_min_max_steps: int = LAMBDA_MIN_MAX_STEPS,
+                 lambda_min_tol: float = LAMBDA_MIN_TOL):
         self.every = every
         self.num_probes, self.kind = num_probes, kind
         self.lanczos_steps, self.top_k = lanczos_steps, top_k
+        self.lambda_min_max_steps, self.lambda_min_tol = lambda_min_max_steps, lambda_min_tol
         self.subset, self.slq, self.slq_starts = subset, slq, slq_starts
         self.sharpness_batches, self.batch_size = sharpness_batches, batch_size
         self.threshold = threshold
@@ -166,6 +188,7 @@ class CurvatureProbe:
         return cls(cfg.hessian_every, num_probes=cfg.probes, kind=cfg.probe_kind,
                    lanczos_steps=cfg.lanczos_steps, top_k=cfg.top_k, subset=cfg.hessian_n,
                    slq=cfg.slq, threshold=eos_threshold(cfg.optimizer, cfg.lr, cfg.momentum),
+                   lambda_min_max_steps=cfg.lambda_min_steps,
                    batch_size=None if cfg.full_batch else cfg.batch_size)
 
     def describe(self) -> dict[str, Any]:
@@ -173,7 +196,13 @@ class CurvatureProbe:
             "hessian": HESSIAN_DEFINITION,
             "data": "train", "subset": self.subset or "all", "probe_kind": self.kind,
             "num_probes": self.num_probes, "lanczos_steps": self.lanczos_steps,
-            "lanczos": "full re-orthogonalisation, largest/smallest algebraic, warm start",
+            "lanczos": "full re-orthogonalisation, largest/smallest algebraic; top-k warm-started "
+                       "from the last top eigenvector",
+            "lambda_min_max_steps": self.lambda_min_max_steps,
+            "lambda_min_tol": self.lambda_min_tol,
+            "converged": convergence_definition(self.lambda_min_tol),
+            "layer_hessian_traces": "tr(H_ll) per layer (order of the trace's layers) ± "
+                                    "stderr from the Hutchinson probes; they sum to hessian_trace",
             "top_k": self.top_k, "slq": {"starts": self.slq_starts, "steps": self.lanczos_steps}
             if self.slq else None, "eos_threshold": self.threshold,
             "batch_sharpness": {"batch_size": self.batch_size, "batches": self.sharpness_batches}
@@ -183,6 +212,10 @@ class CurvatureProbe:
     def __call__(self, params, ctx) -> dict[str, Any]:
         from . import curvature as cv
 
+        if not (int(self.lambda_min_max_steps) >= 0 and self.lambda_min_tol > 0):
+            raise ConfigError(f"lambda_min_max_steps must be ≥ 0 (0: no λ_min) and "
+                              f"lambda_min_tol > 0, got {self.lambda_min_max_steps} and "
+                              f"{self.lambda_min_tol}")
         obj, chunk = ctx.problem.objective, ctx.problem.eval_chunk
         x, y = ctx.data.x_train, ctx.data.y_train
         if self.subset is not None and self.subset < x.shape[0]:
@@ -191,13 +224,16 @@ class CurvatureProbe:
         # one program for every run of a model (GD and SGD alike: concurrent runs wait for
         # its first compilation instead of tracing it twice), one for the batch sharpness
         signature = (self.num_probes, self.kind, self.lanczos_steps, self.top_k, self.slq,
-                     x.shape, x.dtype, jax.tree.structure(params), self.batch_size)
+                     self.lambda_min_max_steps, self.lambda_min_tol, x.shape, x.dtype,
+                     jax.tree.structure(params), self.batch_size)
         with _PROBE_LOCK if signature not in _COMPILED else contextlib.nullcontext():
             out, top_vector, k_bs = _curvature(
                 obj.example_loss, params, x, y, ctx.key,
                 jnp.zeros(_dim(params), x.dtype) if v0 is None else v0,
                 num_probes=self.num_probes, kind=self.kind, lanczos_steps=self.lanczos_steps,
-                top_k=self.top_k, chunk=chunk, slq_starts=self.slq_starts if self.slq else 0)
+                top_k=self.top_k, chunk=chunk, slq_starts=self.slq_starts if self.slq else 0,
+                lambda_min_max_steps=self.lambda_min_max_steps,
+                lambda_min_tol=self.lambda_min_tol)
             out, top_vector = jax.device_get((out, top_vector))
             if self.batch_size and self.batch_size < x.shape[0]:
                 bs = jax.device_get(cv.batch_sharpness(obj.example_loss, params, x, y, k_bs,
@@ -221,10 +257,10 @@ def _dim(params) -> int:
 
 @eqx.filter_jit
 def _curvature(loss, params, x, y, key, v0, *, num_probes, kind, lanczos_steps, top_k, chunk,
-               slq_starts):
+               slq_starts, lambda_min_max_steps, lambda_min_tol):
     """Every quantity of ``CurvatureProbe`` but the batch sharpness in one compiled program (one
-    host transfer), and the batch sharpness's key. The Lanczos start is ``v0`` (the last top
-    eigenvector) or, when zero, a Gaussian draw."""
+    host transfer), and the batch sharpness's key. The top-k Lanczos start is ``v0`` (the last
+    top eigenvector) or, when zero, a Gaussian draw; λ_min's is always a fresh Gaussian draw."""
     from . import curvature as cv
 
     hv = cv.hessian_matvec(loss, params, x, y, chunk)
@@ -232,24 +268,29 @@ def _curvature(loss, params, x, y, key, v0, *, num_probes, kind, lanczos_steps, 
     k_tr, k_lz, k_min, k_slq, k_bs = jax.random.split(key, 5)
     # first call of a run (v0 = 0): lanczos_eigs' own Gaussian start; one program either way
     v0 = jnp.where(jnp.any(v0 != 0), v0, jax.random.normal(k_lz, (dim,), hv.dtype))
-    tr = cv.hutchinson(hv, dim, k_tr, num_probes, kind)
+    layers, segments = cv.layer_segments(params)
+    tr = cv.hutchinson(hv, dim, k_tr, num_probes, kind, segments=segments,
+                       num_segments=len(layers))
     top = cv.lanczos_eigs(hv, dim, top_k, lanczos_steps, key=k_lz, v0=v0)
-    low = cv.lanczos_eigs(hv, dim, 1, lanczos_steps, key=k_min, which="smallest")
     lam = top.eigenvalues[0]
     out = {
         "hessian_trace": tr.estimate,
         "hessian_trace_stderr": tr.stderr,
         "hessian_trace_sq": tr.trace_sq,
-        "layer_hessian_traces": jnp.stack(list(cv.layer_traces(tr.diag, params).values())),
+        "layer_hessian_traces": tr.block_estimates,
+        "layer_hessian_traces_stderr": tr.block_stderr,
         "lambda_max": lam,
         "lambda_max_residual": top.residuals[0],
         "lambda_max_converged": top.converged[0],
         "top_eigenvalues": top.eigenvalues,
-        "lambda_min": low.eigenvalues[0],
-        "lambda_min_residual": low.residuals[0],
         "lambda_max_scaled": lam * sq_norm(params),
         "grad_var": cv.gradient_noise(loss, params, x, y),
     }
+    if lambda_min_max_steps:
+        low = cv.lanczos_adaptive(hv, dim, 1, lambda_min_max_steps, key=k_min,
+                                  which="smallest", tol=lambda_min_tol)
+        out |= {"lambda_min": low.eigenvalues[0], "lambda_min_residual": low.residuals[0],
+                "lambda_min_converged": low.converged[0], "lambda_min_steps": low.num_steps}
     if slq_starts:
         q = cv.slq(hv, dim, k_slq, slq_starts, lanczos_steps, kind)
         out |= {"slq_nodes": q.nodes, "slq_weights": q.weights}
@@ -258,7 +299,8 @@ def _curvature(loss, params, x, y, key, v0, *, num_probes, kind, lanczos_steps, 
 
 def measure_curvature(model, cfg, dataset, *, seed: int = 0, **probe_options) -> dict[str, Any]:
     """All curvature probes once, on a trained ``model`` (e.g. a loaded checkpoint), with the
-    Hessian definition; ``probe_options`` override ``CurvatureProbe.from_config(cfg)``."""
+    Hessian definition and the ``layers`` that name ``layer_hessian_traces``; ``probe_options``
+    override ``CurvatureProbe.from_config(cfg)`` (e.g. ``lambda_min_max_steps``)."""
     from .training import build
 
     s = build(cfg, dataset, model)
@@ -266,4 +308,5 @@ def measure_curvature(model, cfg, dataset, *, seed: int = 0, **probe_options) ->
     for k, v in probe_options.items():
         setattr(probe, k, v)
     ctx = ProbeContext(s.problem, s.data, cfg.lr, 0, jax.random.key(seed), {})
-    return {"definition": probe.describe(), **probe(s.params0, ctx)}
+    return {"definition": probe.describe(), "layers": layer_names(s.params0),
+            **probe(s.params0, ctx)}

@@ -8,7 +8,8 @@ Layout (``schema = "sgdreg.trace/1"``)::
      "metrics": {"step": [...], "t": [...], "<metric>": [... one value or null per row ...]}}
 
 ``metrics`` is columnar: one row per logged step; a metric not measured at a row is ``null``.
-Vector metrics (``layer_norms``) hold a list per row, named by ``layers``. Non-finite numbers
+Vector metrics (every ``layer_*`` metric: ``layer_norms``, ``layer_hessian_traces`` and
+``layer_hessian_traces_stderr``) hold a list per row, named by ``layers``. Non-finite numbers
 are written as ``null`` and ``status``/``status_detail`` say why. The file is rewritten
 atomically as rows arrive (at most once a second, and at every status change), so a crash loses
 at most the last second of rows and a reader never sees a partial file.
@@ -227,7 +228,7 @@ def to_dataframe(trace: dict | str | os.PathLike):
                 continue
             v = values[i]
             if isinstance(v, list):
-                named = name == "layer_norms" and len(layers) == len(v)
+                named = name.startswith("layer_") and len(layers) == len(v)
                 labels = layers if named else range(len(v))
                 for lab, x in zip(labels, v):
                     if x is None or isinstance(x, (int, float)):

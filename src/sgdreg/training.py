@@ -42,12 +42,15 @@ MINIBATCH_DEFAULT = 32
 
 
 def load_data(cfg: RunConfig) -> Dataset:
-    """The run's dataset: source, preprocessing, subset and randomization from ``cfg``."""
+    """The run's dataset: source, preprocessing, subset and randomization from ``cfg``; inputs
+    (and regression targets) in the run's ``cfg.dtype``, so a float64 run never reads
+    float32-rounded data (preprocessing is float64 throughout, see ``data.preprocess``)."""
     from .datasets import open_dataset
     from .randomization import randomize
 
     ds = open_dataset(cfg.dataset, data_dir=cfg.data_dir, preprocess=cfg.preprocess,
-                      n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
+                      n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed,
+                      dtype=np.dtype(cfg.dtype))
     if cfg.randomization != "none":
         ds = randomize(ds, cfg.randomization, p=cfg.corruption, seed=cfg.seed)
     return ds
