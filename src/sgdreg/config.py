@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from .dynamics import NAMED as OPTIMIZERS  # noqa: E402
 
-FULL_BATCH = ("gd", "flow", "modified-flow")  # the presets without minibatches
-FLOWS = ("flow", "modified-flow")
+FULL_BATCH = ("gd", "flow", "modified-flow", "central-flow")  # the presets without minibatches
+FLOWS = ("flow", "modified-flow", "central-flow", "sde")  # continuous time, solved with diffrax
+DISCRETE = ("gd", "sgd", "momentum", "nesterov", "adam")
 DTYPES = ("float32", "float64")
 
 
@@ -47,6 +48,11 @@ class RunConfig:
     stop_loss: float | None = None  # stop at the first logged step with train_loss ≤ this
     rtol: float = 1e-5
     atol: float = 1e-7
+    # label-noise SGD (discrete methods): σ of Gaussian noise on regression targets, or the
+    # probability of replacing a class label by a uniformly drawn other class (0 = off)
+    label_noise: float = 0.0
+    central_flow_eigs: int = 3  # eigenvalues the central flow tracks (its SDCP's size)
+    svag_amplification: int = 8  # SVAG's ℓ: steps of h/ℓ per step of h, noise amplified
     # curvature probes (0 = off): every k steps, on the first ``hessian_n`` training examples
     hessian_every: int = 0
     probes: int = 20
@@ -101,6 +107,18 @@ def validate(cfg: RunConfig, n_train: int | None = None) -> None:
         raise ConfigError(f"momentum must be in [0, 1), got {cfg.momentum}")
     if cfg.stop_loss is not None and not cfg.stop_loss > 0:
         raise ConfigError(f"stop_loss must be > 0, got {cfg.stop_loss}")
+    if not (0 <= cfg.label_noise < float("inf")):
+        raise ConfigError(f"label_noise must be a finite number ≥ 0, got {cfg.label_noise}")
+    if cfg.label_noise and cfg.optimizer not in DISCRETE:
+        raise ConfigError(f"label_noise: only {', '.join(DISCRETE)} draw noisy labels, not "
+                          f"{cfg.optimizer!r}")
+    if cfg.label_noise > 1 and cfg.loss == "ce":
+        raise ConfigError(f"label_noise is a flip probability for the ce loss: in [0, 1], got "
+                          f"{cfg.label_noise}")
+    if not 1 <= cfg.central_flow_eigs <= 32:
+        raise ConfigError(f"central_flow_eigs must be in 1..32, got {cfg.central_flow_eigs}")
+    if not 1 <= cfg.svag_amplification <= 10_000:
+        raise ConfigError(f"svag_amplification must be in 1..10000, got {cfg.svag_amplification}")
     if cfg.egr < 0:
         raise ConfigError(f"egr must be ≥ 0, got {cfg.egr}")
     if cfg.dtype not in DTYPES:

@@ -201,7 +201,9 @@ def build(cfg: RunConfig, dataset: Dataset | None = None, model: eqx.Module | No
             depth=cfg.depth, activation=cfg.activation, dtype=dtype)
         preset = cfg.model
     dynamics = dyn.resolve(cfg.optimizer, batch_size=None if cfg.full_batch else cfg.batch_size,
-                           egr=cfg.egr > 0, rtol=cfg.rtol, atol=cfg.atol)
+                           egr=cfg.egr > 0, rtol=cfg.rtol, atol=cfg.atol,
+                           label_noise=cfg.label_noise > 0, eigs=cfg.central_flow_eigs,
+                           amplification=cfg.svag_amplification)
     s = prepare(model, ds, dynamics, cfg.loss, lr=cfg.lr, momentum=cfg.momentum, egr=cfg.egr,
                 seed=cfg.seed, state=state, eval_chunk=cfg.eval_chunk, preset=preset)
     s.cfg = cfg

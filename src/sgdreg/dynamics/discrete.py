@@ -1,0 +1,186 @@
+"""Discrete methods driven by optax: GD, SGD, heavy ball, Nesterov, Adam, EGR and any user
+``optax.GradientTransformation`` (SCIENCE.md §1-2)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+
+from ..errors import OptimizerError
+from .base import AbstractDynamics, Data, Hyper, TrainState, _keep, epoch_permutation, minibatch_indices
+
+NAMED_DISCRETE = ("gd", "sgd", "momentum", "nesterov", "adam")
+
+
+def _preset_names() -> tuple[str, ...]:
+    from . import NAMED  # the whole family's names (the package imports this module)
+
+    return NAMED
+
+
+class Optax(AbstractDynamics):
+    """Any ``optax.GradientTransformation`` on full-batch (``batch_size=None``) or minibatch
+    gradients. ``traced`` maps optax hyper-parameter names (of ``inject_hyperparams``) to the
+    ``Hyper`` field that sets them every step; ``lr``: h for the IGR terms when the transform
+    does not expose its learning rate.
+
+    Example: ``sgdreg.Optax(optax.adamw(1e-3), "adamw", batch_size=64)`` (``run`` builds this
+    from a bare transform and its ``batch_size``)."""
+
+    transform: optax.GradientTransformation
+    name: str = eqx.field(static=True)
+    batch_size: int | None = eqx.field(static=True, default=None)
+    egr: bool = eqx.field(static=True, default=False)
+    traced: tuple[tuple[str, str], ...] = eqx.field(static=True, default=())
+    lr: float | None = eqx.field(static=True, default=None)
+    preset: str | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if not isinstance(self.transform, optax.GradientTransformation):
+            raise OptimizerError(f"optimizer: {type(self.transform).__name__} is not an "
+                                 "optax.GradientTransformation; give one (e.g. optax.adamw(1e-3)) "
+                                 f"or a name: {', '.join(_preset_names())}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise OptimizerError(f"batch_size must be ≥ 1 or None (full batch), got "
+                                 f"{self.batch_size}")
+
+    def init(self, params, hyper: Hyper):
+        return self._set_hyper(self.transform.init(params), hyper)
+
+    def _set_hyper(self, opt_state, hyper: Hyper):
+        if not self.traced:
+            return opt_state
+        hp = dict(opt_state.hyperparams)
+        for name, field in self.traced:
+            hp[name] = getattr(hyper, field)
+        return opt_state._replace(hyperparams=hp)
+
+    def step_size(self, state: TrainState) -> jax.Array:
+        hp = getattr(state.opt_state, "hyperparams", None)
+        if hp is not None and "learning_rate" in hp:
+            return jnp.asarray(hp["learning_rate"], state.hyper.lr.dtype)
+        if self.lr is not None:
+            return jnp.asarray(self.lr, state.hyper.lr.dtype)
+        return state.hyper.lr if self.preset else jnp.full((), jnp.nan, state.hyper.lr.dtype)
+
+    def eos_threshold(self, lr: float, momentum: float) -> float | None:
+        """Cohen et al. 2021 (SCIENCE.md §3): GD/SGD 2/h, heavy ball 2(1+β)/h, Nesterov
+        (2+2β)/((1+2β)h), Adam 38/h (β1 = 0.9; for the preconditioned sharpness)."""
+        return eos_threshold(self.preset or "", lr, momentum)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": "optax", "preset": self.preset,
+                "batch_size": self.batch_size, "egr": self.egr,
+                "traced_hyperparameters": [n for n, _ in self.traced],
+                "transform": self.preset or _describe_transform(self.transform)}
+
+    def _batch(self, state: TrainState, data: Data, step):
+        """(x, y, perm) of this step: the whole training set, or minibatch k of the epoch."""
+        if self.full_batch:
+            return data.x_train, data.y_train, state.perm
+        n = data.x_train.shape[0]
+        m = n // self.batch_size
+        epoch, k = step // m, step % m
+        perm = jax.lax.cond(k == 0,
+                            lambda: epoch_permutation(jax.random.wrap_key_data(state.data_key),
+                                                      epoch, n).astype(jnp.int32),
+                            lambda: state.perm)
+        idx = minibatch_indices(perm, k, self.batch_size, m)
+        return data.x_train[idx], data.y_train[idx], perm
+
+    def step(self, state: TrainState, problem, data: Data, step):
+        """One update at the group's step ``step``; a frozen run is returned unchanged."""
+        x, y, perm = self._batch(state, data, step)
+        key = (jax.random.fold_in(jax.random.wrap_key_data(state.model_key), step)
+               if problem.objective.stochastic else None)  # dropout keys only when used
+        loss, g, model_state = problem.training_gradient(state.params, state.model_state, x, y,
+                                                         key, state.hyper.egr, self.egr)
+        opt_state = self._set_hyper(state.opt_state, state.hyper)
+        updates, opt_state = self.transform.update(g, opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ok = jnp.isfinite(loss) & state.running
+        return TrainState(
+            step=jnp.where(ok, step + 1, state.step).astype(jnp.int32),
+            params=_keep(ok, params, state.params),
+            opt_state=_keep(ok, opt_state, state.opt_state),
+            model_state=_keep(ok, model_state, state.model_state),
+            perm=perm,
+            data_key=state.data_key, model_key=state.model_key,
+            diverged_at=jnp.where(ok | ~state.running, state.diverged_at, step).astype(jnp.int32),
+            failed=state.failed, hyper=state.hyper)
+
+    def advance(self, state: TrainState, problem, data: Data, step0, num_steps):
+        """``num_steps`` updates in one ``fori_loop``. The step counter passed to ``step`` is the
+        group's (unbatched under vmap), so the epoch reshuffle stays a real ``lax.cond``."""
+        state = jax.lax.fori_loop(0, num_steps, lambda i, s: self.step(s, problem, data, step0 + i),
+                                  state)  # a Python-int num_steps gives a fixed-length loop
+        return state, {}
+
+
+def _free(fn) -> dict:
+    try:
+        return inspect.getclosurevars(fn).nonlocals
+    except (TypeError, ValueError):
+        return {}
+
+
+def _describe_transform(tx) -> str:
+    """An optax transform as given, read from its closures (no memory addresses), e.g.
+    ``inject_hyperparams(adamw)(learning_rate=<schedule>, weight_decay=0.0001, ...)`` or
+    ``chain(scale_by_adam(b1=0.9, ...), add_decayed_weights(weight_decay=0.0001), ...)``."""
+    init = _free(tx.init)
+    if "inner_factory" in init:
+        hps = {**init.get("numeric_hps", {}), **dict.fromkeys(init.get("sched_hps", {}),
+                                                               "<schedule>")}
+        args = ", ".join(f"{k}={v}" for k, v in hps.items())
+        return f"inject_hyperparams({init['inner_factory'].__name__})({args})"
+    return _describe_update(tx.update)
+
+
+def _describe_update(fn) -> str:
+    free = _free(fn)
+    if isinstance(free.get("tx"), optax.GradientTransformation):  # with_extra_args_support
+        return _describe_transform(free["tx"])
+    if "update_fns" in free:
+        return f"chain({', '.join(_describe_update(f) for f in free['update_fns'])})"
+    args = ", ".join(f"{k}={v!r}" for k, v in free.items()
+                     if v is None or isinstance(v, (bool, int, float, str)))
+    return f"{getattr(fn, '__qualname__', type(fn).__name__).split('.<locals>')[0]}({args})"
+
+
+def from_transform(tx: optax.GradientTransformation, *, batch_size: int | None = None,
+                   lr: float | None = None, name: str | None = None) -> Optax:
+    """A user's optax transformation as a dynamics. With ``optax.inject_hyperparams`` and a
+    numeric ``learning_rate`` and an explicit ``lr`` the step size is traced (set from the
+    run's ``lr``, so lr sweeps do not recompile); with a schedule its current value is read back
+    for the IGR terms. Without injected hyper-parameters h = ``lr`` (NaN when not given)."""
+    if not isinstance(tx, optax.GradientTransformation):
+        raise OptimizerError(f"optimizer: {type(tx).__name__} is not an "
+                             "optax.GradientTransformation (or a name: " + ", ".join(_preset_names()) + ")")
+    traced: tuple = ()
+    hp = getattr(jax.eval_shape(tx.init, {"w": jnp.zeros(1)}), "hyperparams", None)
+    if lr is not None and hp is not None and "learning_rate" in hp:
+        traced = (("learning_rate", "lr"),)  # a schedule, if any, overrides it at each update
+    # a traced step size is read back from the optimizer state: no static copy (it would
+    # recompile every new lr)
+    return Optax(tx, name or "optax", batch_size, False, traced, lr=None if traced else lr)
+
+
+def eos_threshold(optimizer: str, lr: float, momentum: float) -> float | None:
+    """Edge-of-stability reference for λ_max (Cohen et al. 2021; SCIENCE.md §3): GD/SGD 2/h,
+    heavy ball 2(1+β)/h, Nesterov (2+2β)/((1+2β)h), Adam 38/h (β1 = 0.9, for the
+    *preconditioned* sharpness, recorded for reference); none for flows and user transforms."""
+    if optimizer in ("gd", "sgd"):
+        return 2.0 / lr
+    if optimizer == "momentum":
+        return 2.0 * (1 + momentum) / lr
+    if optimizer == "nesterov":
+        return (2 + 2 * momentum) / ((1 + 2 * momentum) * lr)
+    if optimizer == "adam":
+        return 38.0 / lr
+    return None
