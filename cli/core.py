@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from sgdreg.config import OPTIMIZERS, RunConfig, validate
+from sgdreg.config import DISCRETE, OPTIMIZERS, RunConfig, validate
 
 from .app import UsageProblem, app, console, emit_json, out_dir, parse_list, print_table, progress_bar
 
@@ -47,6 +47,13 @@ LanczosOpt = Annotated[int, Opt("--lanczos-steps", help="Lanczos steps M for λ_
 LambdaMinOpt = Annotated[int | None, Opt("--lambda-min-steps", help="λ_min by Lanczos until "
                          "its Ritz residual converges, at most this many steps (0: no λ_min; "
                          "default 500, and 0 for compare's automatic probes).")]
+LabelNoiseOpt = Annotated[float, Opt("--label-noise", help="Label-noise SGD (discrete methods): "
+                                    "σ of Gaussian noise added to regression targets each step, "
+                                    "or the probability of flipping a class label (ce).")]
+CentralEigsOpt = Annotated[int, Opt("--central-flow-eigs", help="Eigenvalues the central flow "
+                                    "tracks (at or above 2/h at once).")]
+SvagOpt = Annotated[int, Opt("--svag-amplification", help="SVAG's ℓ: ℓ steps of h/ℓ per step of "
+                             "h with the noise amplified; → the SDE of SGD as ℓ grows.")]
 TopKOpt = Annotated[int, Opt("--top-k", help="Number of top eigenvalues to record.")]
 HessNOpt = Annotated[int | None, Opt("--hessian-n", help="Curvature on the first n training "
                                      "examples (default: all).")]
@@ -69,7 +76,10 @@ def make_configs(optimizers: str, lr: str, **common) -> list[RunConfig]:
     for v in lrs:
         if not v > 0:
             raise UsageProblem(f"--lr must be > 0, got {v:g}")
-    cfgs = [RunConfig(optimizer=o, lr=h, **common) for o in opts for h in lrs]
+    # label noise is an option of the discrete methods; the continuous ones run without it
+    ln = common.pop("label_noise", 0.0)
+    cfgs = [RunConfig(optimizer=o, lr=h, label_noise=ln if o in DISCRETE else 0.0, **common)
+            for o in opts for h in lrs]
     for c in cfgs:
         validate_early(c)
     return cfgs
@@ -288,6 +298,9 @@ def compare(
     depth: DepthOpt = 2,
     activation: ActivationOpt = "tanh",
     momentum: MomentumOpt = 0.9,
+    label_noise: LabelNoiseOpt = 0.0,
+    central_flow_eigs: CentralEigsOpt = 3,
+    svag_amplification: SvagOpt = 8,
     log_every: LogOpt = None,
     data_dir: DataDirOpt = None,
     n_train: Annotated[int | None, Opt("--n-train", help="Use the first n training examples "
@@ -339,7 +352,9 @@ def compare(
         lambda_min_steps = AUTO_LAMBDA_MIN_STEPS if auto else RunConfig.lambda_min_steps
     cfgs = make_configs(optimizers, lr, steps=steps, batch_size=batch_size, seed=seed,
                         dataset=dataset, model=model, loss=loss, width=width, depth=depth,
-                        activation=activation, momentum=momentum, log_every=log_every,
+                        activation=activation, momentum=momentum, label_noise=label_noise,
+                        central_flow_eigs=central_flow_eigs,
+                        svag_amplification=svag_amplification, log_every=log_every,
                         data_dir=data_dir, n_train=n_train or None, dtype=dtype,
                         hessian_every=hessian_every or 0, probes=probes,
                         lanczos_steps=lanczos_steps, lambda_min_steps=lambda_min_steps,
@@ -378,6 +393,9 @@ def train(
     = "none",
     corruption: Annotated[float, Opt("--corruption", help="Label-corruption probability p.")] = 0.0,
     momentum: MomentumOpt = 0.9,
+    label_noise: LabelNoiseOpt = 0.0,
+    central_flow_eigs: CentralEigsOpt = 3,
+    svag_amplification: SvagOpt = 8,
     dataset: DatasetOpt = "digits",
     model: ModelOpt = "mlp",
     loss: LossOpt = "ce",
@@ -416,7 +434,9 @@ def train(
     cfg = RunConfig(optimizer=optimizer, lr=lr, steps=steps, batch_size=batch_size, seed=seed,
                     dataset=dataset, model=model, loss=loss, width=width, depth=depth,
                     activation=activation, momentum=momentum, egr=egr,
-                    randomization=randomization, corruption=corruption, log_every=log_every,
+                    label_noise=label_noise, central_flow_eigs=central_flow_eigs,
+                    svag_amplification=svag_amplification, randomization=randomization,
+                    corruption=corruption, log_every=log_every,
                     data_dir=data_dir, n_train=n_train, dtype=dtype,
                     hessian_every=hessian_every, probes=probes, lanczos_steps=lanczos_steps,
                     top_k=top_k, hessian_n=hessian_n, slq=slq,

