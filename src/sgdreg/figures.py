@@ -22,6 +22,7 @@ GALLERY: dict[str, str] = {
     "double_descent_width": "sgdreg.plotting.double_descent:render_double_descent",
     "eos": "sgdreg.plotting.eos:render_eos",
     "generalization_measures": "sgdreg.plotting.generalization:render_generalization",
+    "label_noise": "sgdreg.plotting.label_noise:render_label_noise",
 }
 
 

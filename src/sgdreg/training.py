@@ -15,6 +15,7 @@ the data's name, shapes and content hash, the loss and the optimizer as given.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from . import dynamics as dyn
 from .config import FULL_BATCH, RunConfig, validate
 from .data import Dataset
 from .engine import Problem, Run, execute, init_state
-from .errors import ConfigError, ModelError, PrecisionError
+from .errors import ConfigError, ModelError, OptimizerError, PrecisionError
 from .losses import LossFn, Objective, check_objective, is_stateful, is_stochastic, loss_name
 from .models import layer_names, make_model, num_params, trainable_filter
 from .probes import CurvatureProbe, Probe
@@ -150,8 +151,10 @@ class Setup:
 def prepare(model: eqx.Module, dataset: Dataset, dynamics: dyn.AbstractDynamics,
             loss: str | LossFn, *, lr: float, momentum: float = 0.9, egr: float = 0.0,
             seed: int = 0, state=None, trainable=None, eval_chunk: int = 4096,
-            preset: str | None = None) -> Setup:
-    """Partition the model, build the objective and check it on one example (no compute)."""
+            preset: str | None = None, label_noise: float = 0.0) -> Setup:
+    """Partition the model, build the objective and check it on one example (no compute).
+    ``label_noise``: δ of label-noise SGD (``Hyper.label_noise``; used by dynamics built with
+    ``label_noise=True``)."""
     if not isinstance(model, eqx.Module):
         raise ModelError(f"model: expected an equinox.Module, got {type(model).__name__}")
     stateful = is_stateful(model)
@@ -171,7 +174,7 @@ def prepare(model: eqx.Module, dataset: Dataset, dynamics: dyn.AbstractDynamics,
         raise ConfigError(f"batch_size {dynamics.batch_size} exceeds the {dataset.n_train} "
                           "training examples")
     k_data, k_probe, k_model = jax.random.split(jax.random.key(seed), 3)
-    hyper = dyn.Hyper(*(jnp.asarray(v, dtype) for v in (lr, momentum, egr)))
+    hyper = dyn.Hyper(*(jnp.asarray(v, dtype) for v in (lr, momentum, egr, label_noise)))
     prov = {
         "model": {"class": f"{type(model).__module__}.{type(model).__qualname__}",
                   "preset": preset, "num_params": num_params(params0),
@@ -205,7 +208,8 @@ def build(cfg: RunConfig, dataset: Dataset | None = None, model: eqx.Module | No
                            label_noise=cfg.label_noise > 0, eigs=cfg.central_flow_eigs,
                            amplification=cfg.svag_amplification)
     s = prepare(model, ds, dynamics, cfg.loss, lr=cfg.lr, momentum=cfg.momentum, egr=cfg.egr,
-                seed=cfg.seed, state=state, eval_chunk=cfg.eval_chunk, preset=preset)
+                seed=cfg.seed, state=state, eval_chunk=cfg.eval_chunk, preset=preset,
+                label_noise=cfg.label_noise)
     s.cfg = cfg
     return s
 
@@ -307,7 +311,7 @@ def run(model: eqx.Module, data: Dataset | Sequence | dict, optimizer: Optimizer
         state=None, probes: Sequence[Probe] = (), curvature: int = 0,
         stop_loss: float | None = None, trace_path=None, trainable=None, eval_chunk: int = 4096,
         progress: Callable[[int, int, dict], None] | None = None,
-        name: str | None = None) -> RunResult:
+        name: str | None = None, label_noise: float = 0.0) -> RunResult:
     """Train ``model`` on ``data`` with ``optimizer`` from the model's own arrays (θ0).
 
     Args:
@@ -325,6 +329,9 @@ def run(model: eqx.Module, data: Dataset | Sequence | dict, optimizer: Optimizer
         batch_size: minibatch size (default 32 for sgd/momentum/nesterov/adam; None: full batch).
         seed: data order, dropout keys and probe keys (θ0 is the model you pass).
         probes: extra ``Probe`` objects; ``curvature=k``: the curvature probe every k steps.
+        label_noise: δ > 0 turns on label-noise SGD (Blanc et al. 2020; Damian et al. 2021)
+            for a discrete method: each step trains on y + δ·ε (regression, ε ~ N(0, I)) or
+            on labels replaced with probability δ by another class drawn uniformly.
 
     Returns:
         ``RunResult`` with ``.trace`` (the JSON trace), ``.model`` (final) and ``.state``.
@@ -336,22 +343,29 @@ def run(model: eqx.Module, data: Dataset | Sequence | dict, optimizer: Optimizer
     lr = _step_size(optimizer, lr)
     ds = as_dataset(data)
     batch_size = _batch(optimizer, {"batch_size": batch_size})
+    _check_label_noise(label_noise, ds)
+    noisy = {"label_noise": True} if label_noise > 0 and isinstance(optimizer, str) else {}
     dynamics = dyn.resolve(optimizer, batch_size=batch_size, egr=egr > 0,
-                           lr=None if np.isnan(lr) else lr)
+                           lr=None if np.isnan(lr) else lr, **noisy)
+    if label_noise > 0 and not getattr(dynamics, "label_noise", False):
+        if not isinstance(dynamics, dyn.Optax):
+            raise OptimizerError(f"label_noise: only the discrete methods draw noisy labels, not "
+                                 f"{dynamics.name!r}")
+        dynamics = dataclasses.replace(dynamics, label_noise=True)  # a user transform
     s = prepare(model, ds, dynamics, loss, lr=lr, momentum=momentum, egr=egr, seed=seed,
-                state=state, trainable=trainable, eval_chunk=eval_chunk)
+                state=state, trainable=trainable, eval_chunk=eval_chunk, label_noise=label_noise)
     if curvature:
         _check_counts(curvature=curvature)
         probes = [*probes, CurvatureProbe(
             curvature, threshold=dynamics.eos_threshold(lr, momentum),
             batch_size=dynamics.batch_size)]
-    rid = name or _default_name(dynamics, {"lr": lr, "seed": seed})
+    rid = name or _default_name(dynamics, {"lr": lr, "seed": seed, "label_noise": label_noise})
     lr_record = None if np.isnan(lr) else lr
     run_cfg = {"optimizer": dynamics.name, "lr": lr_record, "steps": steps, "log_every": log_every,
                "batch_size": dynamics.batch_size, "momentum": momentum, "egr": egr,
                "seed": seed, "loss": loss_name(loss), "model": type(model).__name__,
                "dataset": ds.name, "dtype": s.provenance["model"]["dtype"],
-               "stop_loss": stop_loss, "curvature_every": curvature}
+               "stop_loss": stop_loss, "curvature_every": curvature, "label_noise": label_noise}
     return _execute(s, steps=steps, log_every=log_every, lr=lr, seed=seed, probes=probes,
                     stop_loss=stop_loss, trace_path=trace_path, progress=progress,
                     run_cfg=run_cfg, run_id=rid)
@@ -386,7 +400,8 @@ def compare(model: eqx.Module, data, optimizers: Sequence[Optimizer] | dict[str,
                  if isinstance(o, optax.GradientTransformation) else (label, o)
                  for label, o in items]
     names = [label or _default_name(dyn.resolve(o, batch_size=_batch(o, kwargs)), {
-        "lr": _step_size(o, kwargs.get("lr")), "seed": kwargs.get("seed", 0)}) for label, o in items]
+        "lr": _step_size(o, kwargs.get("lr")), "seed": kwargs.get("seed", 0),
+        "label_noise": kwargs.get("label_noise", 0.0)}) for label, o in items]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise ConfigError(f"optimizers: two runs would both be named {dup!r}; name them with a "
@@ -410,6 +425,15 @@ def _step_size(optimizer, lr) -> float:
     return float(lr)
 
 
+def _check_label_noise(label_noise, ds: Dataset) -> None:
+    if isinstance(label_noise, bool) or not isinstance(
+            label_noise, (int, float, np.integer, np.floating)) or not 0 <= label_noise < np.inf:
+        raise ConfigError(f"label_noise must be a finite number ≥ 0, got {label_noise!r}")
+    if ds.num_classes and label_noise > 1:
+        raise ConfigError(f"label_noise is a flip probability for class labels: in [0, 1], got "
+                          f"{label_noise}")
+
+
 def _batch(optimizer, kwargs) -> int | None:
     b = kwargs.get("batch_size")
     if b is None and isinstance(optimizer, str) and optimizer not in FULL_BATCH:
@@ -418,15 +442,21 @@ def _batch(optimizer, kwargs) -> int | None:
 
 
 def _default_name(dynamics: dyn.AbstractDynamics, kwargs) -> str:
-    """``<method>[_lr<h>][_b<B>]_s<seed>``: h when known, B only for minibatch methods."""
+    """``<method>[_lr<h>][_b<B>][_l<ℓ>][_ln<δ>]_s<seed>``: h when known, B only for minibatch
+    methods, SVAG's ℓ, the label-noise strength δ when on."""
     b = f"_b{dynamics.batch_size}" if dynamics.batch_size else ""
+    b += f"_l{dynamics.amplification}" if hasattr(dynamics, "amplification") else ""
+    b += f"_ln{kwargs['label_noise']:g}" if kwargs.get("label_noise") else ""
     lr = f"_lr{kwargs['lr']:g}" if np.isfinite(kwargs["lr"]) else ""
     return f"{dynamics.name}{lr}{b}_s{kwargs['seed']}"
 
 
 def run_id(cfg: RunConfig) -> str:
-    """``<optimizer>_lr<h>[_b<B>]_s<seed>``: B only for minibatch methods (as ``_default_name``)."""
+    """``<optimizer>_lr<h>[_b<B>][_l<ℓ>][_ln<δ>]_s<seed>``: B only for minibatch methods (as
+    ``_default_name``), SVAG's ℓ, the label-noise strength δ when on."""
     b = "" if cfg.full_batch else f"_b{cfg.batch_size}"
+    b += f"_l{cfg.svag_amplification}" if cfg.optimizer == "svag" else ""
+    b += f"_ln{cfg.label_noise:g}" if cfg.label_noise else ""
     return f"{cfg.optimizer}_lr{cfg.lr:g}{b}_s{cfg.seed}"
 
 

@@ -12,11 +12,14 @@ import jax.numpy as jnp
 
 
 class Hyper(eqx.Module):
-    """Traced numeric hyper-parameters: step size h, momentum β (Adam: b1), EGR strength μ."""
+    """Traced numeric hyper-parameters: step size h, momentum β (Adam: b1), EGR strength μ and
+    the label-noise strength δ (regression: σ of the noise added to the targets; classification:
+    flip probability; used by dynamics built with ``label_noise=True``; default 0)."""
 
     lr: jax.Array
     momentum: jax.Array
     egr: jax.Array
+    label_noise: jax.Array = eqx.field(default=0.0, converter=jnp.asarray)
 
 
 class Data(eqx.Module):

@@ -15,6 +15,22 @@ from ..errors import OptimizerError
 from .base import AbstractDynamics, Data, Hyper, TrainState, _keep, epoch_permutation, minibatch_indices
 
 NAMED_DISCRETE = ("gd", "sgd", "momentum", "nesterov", "adam")
+LABEL_NOISE_STREAM = 0x1AB1  # folded into the model key: label noise has its own key stream
+
+
+def label_noise_targets(key, y, delta, num_classes: int):
+    """Noisy targets of label-noise SGD (Blanc et al. 2020; Damian, Ma & Lee 2021).
+
+    Regression (``num_classes`` = 0): ỹ = y + δ·ε, ε ~ N(0, I) of y's shape. Classification:
+    with probability δ a label is replaced by a class drawn uniformly from the K − 1 *other*
+    classes, ỹ = (y + r) mod K, r ~ U{1, …, K−1}; otherwise ỹ = y. δ = 0 gives y exactly."""
+    delta = jnp.asarray(delta)
+    if num_classes:
+        k_flip, k_class = jax.random.split(key)
+        flip = jax.random.uniform(k_flip, y.shape, delta.dtype) < delta
+        shift = jax.random.randint(k_class, y.shape, 1, max(num_classes, 2), y.dtype)
+        return jnp.where(flip, (y + shift) % num_classes, y)
+    return y + delta.astype(y.dtype) * jax.random.normal(key, y.shape, y.dtype)
 
 
 def _preset_names() -> tuple[str, ...]:
@@ -25,9 +41,11 @@ def _preset_names() -> tuple[str, ...]:
 
 class Optax(AbstractDynamics):
     """Any ``optax.GradientTransformation`` on full-batch (``batch_size=None``) or minibatch
-    gradients. ``traced`` maps optax hyper-parameter names (of ``inject_hyperparams``) to the
-    ``Hyper`` field that sets them every step; ``lr``: h for the IGR terms when the transform
-    does not expose its learning rate.
+    gradients; with ``label_noise`` the gradients are those of noisy targets drawn afresh each
+    step (``label_noise_targets``, δ = ``Hyper.label_noise``: label-noise SGD). ``traced`` maps
+    optax hyper-parameter names (of ``inject_hyperparams``) to the ``Hyper`` field that sets
+    them every step; ``lr``: h for the IGR terms when the transform does not expose its
+    learning rate.
 
     Example: ``sgdreg.Optax(optax.adamw(1e-3), "adamw", batch_size=64)`` (``run`` builds this
     from a bare transform and its ``batch_size``)."""
@@ -39,6 +57,7 @@ class Optax(AbstractDynamics):
     traced: tuple[tuple[str, str], ...] = eqx.field(static=True, default=())
     lr: float | None = eqx.field(static=True, default=None)
     preset: str | None = eqx.field(static=True, default=None)
+    label_noise: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         if not isinstance(self.transform, optax.GradientTransformation):
@@ -76,6 +95,7 @@ class Optax(AbstractDynamics):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "optax", "preset": self.preset,
                 "batch_size": self.batch_size, "egr": self.egr,
+                "label_noise": self.label_noise,
                 "traced_hyperparameters": [n for n, _ in self.traced],
                 "transform": self.preset or _describe_transform(self.transform)}
 
@@ -93,9 +113,22 @@ class Optax(AbstractDynamics):
         idx = minibatch_indices(perm, k, self.batch_size, m)
         return data.x_train[idx], data.y_train[idx], perm
 
+    def targets(self, state: TrainState, problem, y, step):
+        """The batch targets this step trains on: y, or with ``label_noise`` the noisy ỹ of
+        ``label_noise_targets`` with δ = ``state.hyper.label_noise`` and the key
+        fold_in(fold_in(model key, LABEL_NOISE_STREAM), step): a function of the seed and the
+        step only (not of the minibatch order's data key, nor of the dropout keys)."""
+        if not self.label_noise:
+            return y
+        key = jax.random.fold_in(jax.random.fold_in(
+            jax.random.wrap_key_data(state.model_key), LABEL_NOISE_STREAM), step)
+        return label_noise_targets(key, y, state.hyper.label_noise,
+                                   problem.objective.num_classes)
+
     def step(self, state: TrainState, problem, data: Data, step):
         """One update at the group's step ``step``; a frozen run is returned unchanged."""
         x, y, perm = self._batch(state, data, step)
+        y = self.targets(state, problem, y, step)
         key = (jax.random.fold_in(jax.random.wrap_key_data(state.model_key), step)
                if problem.objective.stochastic else None)  # dropout keys only when used
         loss, g, model_state = problem.training_gradient(state.params, state.model_state, x, y,

@@ -88,7 +88,7 @@ def run_path(s: training.Setup, method: str, lr: float, steps: Sequence[int], eg
     data = s.data if data is None else data
     problem = engine.Problem(s.problem.objective, dynamics, s.problem.eval_chunk)
     dt = jax.tree.leaves(s.params0)[0].dtype
-    hyper = dyn.Hyper(*(jnp.asarray(v, dt) for v in (lr, 0.0, egr)))
+    hyper = dyn.Hyper(*(jnp.asarray(v, dt) for v in (lr, 0.0, egr, 0.0)))
     state = engine.init_state(problem, s.params0, hyper, s.keys["data"], s.keys["model"],
                               data.x_train.shape[0], s.model_state0)
     i32 = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731

@@ -31,8 +31,11 @@ def _series(doc: dict, name: str):
 def run_label(doc: dict) -> str:
     cfg = doc["config"]
     b = "" if cfg.get("optimizer") in FULL_BATCH else f", B={cfg.get('batch_size')}"
+    if cfg.get("label_noise"):
+        b += f", label noise {cfg['label_noise']:g}"
+    if cfg.get("optimizer") == "svag":
+        b += f", ℓ={cfg.get('svag_amplification')}"
     return f"{cfg.get('optimizer')} (h={cfg.get('lr'):g}{b})"
-
 
 
 def compare_panels(traces: Sequence[dict]) -> list[str]:

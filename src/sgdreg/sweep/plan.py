@@ -14,7 +14,7 @@ from ..data import Dataset
 from ..trace import to_json_value
 from .grid import Grid, as_grid, label
 
-PER_RUN_FIELDS = ("seed", "lr", "momentum", "egr", "randomization", "corruption")
+PER_RUN_FIELDS = ("seed", "lr", "momentum", "egr", "randomization", "corruption", "label_noise")
 
 
 @dataclass
@@ -67,11 +67,12 @@ def data_key(cfg: RunConfig) -> tuple:
 
 def static_key(cfg: RunConfig, ds: Dataset) -> tuple:
     """Everything that changes the compiled program: config fields other than the per-run ones,
-    whether EGR is on, and the data's shapes."""
+    whether EGR and label noise are on, and the data's shapes."""
     d = cfg.to_dict()
     for k in PER_RUN_FIELDS + ("data_dir", "preprocess"):
         d.pop(k)
     d["use_egr"] = cfg.egr > 0
+    d["use_label_noise"] = cfg.label_noise > 0
     if cfg.full_batch:
         d.pop("batch_size")
     if not cfg.is_flow:
