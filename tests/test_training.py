@@ -205,3 +205,4 @@ def test_eos_thresholds():
     assert eos_threshold("momentum", 0.1, 0.9) == pytest.approx(38)
     assert eos_threshold("nesterov", 0.1, 0.9) == pytest.approx(3.8 / 0.28)
     assert eos_threshold("flow", 0.1, 0.9) is None
+    assert eos_threshold("adam", 0.1, 0.9) is None  # its 38/h bounds λ_max(P⁻¹H), not λ_max

@@ -576,6 +576,50 @@ def slq_trace(nodes, weights, dim: int) -> jax.Array:
     return slq_moment(nodes, weights, dim, 1)
 
 
+# --------------------------------------------------------------------------- adaptive methods
+
+
+class PreconditionedMatvec(eqx.Module):
+    """v ↦ P^{-1/2} H P^{-1/2} v for a positive diagonal preconditioner P (flat, length P):
+    symmetric and similar to P⁻¹H, so it has the same (real) eigenvalues."""
+
+    matvec: Any
+    inv_sqrt: jax.Array  # P^{-1/2}, flat
+
+    @property
+    def dim(self) -> int:
+        return int(self.inv_sqrt.shape[0])
+
+    @property
+    def dtype(self):
+        return self.inv_sqrt.dtype
+
+    def __call__(self, v: Float[Array, " P"]) -> Float[Array, " P"]:
+        return self.inv_sqrt * self.matvec(self.inv_sqrt * v)
+
+
+def preconditioned_matvec(matvec: Matvec, preconditioner: PyTree) -> PreconditionedMatvec:
+    """P^{-1/2} H P^{-1/2} as a flat matvec, P = diag(``preconditioner``): a pytree shaped like θ
+    (e.g. Adam's √v̂ + ε) or a flat vector, all entries > 0 (Cohen et al. 2022, "Adaptive
+    gradient methods at the edge of stability"; SCIENCE.md §7)."""
+    return PreconditionedMatvec(matvec, jax.lax.rsqrt(ravel_pytree(preconditioner)[0]))
+
+
+@eqx.filter_jit
+def preconditioned_sharpness(
+    matvec: Matvec, preconditioner: PyTree, num_steps: int, key: PRNGKeyArray | None = None,
+    v0: Float[Array, " P"] | None = None, tol: float | None = None,
+) -> LanczosResult:
+    """Preconditioned sharpness λ_max(P⁻¹H) = λ_max(P^{-1/2} H P^{-1/2}) (similar matrices;
+    Cohen et al. 2022) by ``num_steps`` Lanczos steps on the symmetric form, with its Ritz
+    residual and converged flag as in ``lanczos_eigs`` (of the symmetric operator). The returned
+    eigenvector w is the symmetric form's; P⁻¹H's is P^{-1/2}w. For Adam, P = diag(√v̂ + ε) with
+    v̂ bias-corrected; it rises to (2 + 2β1)/((1 − β1)h) (38/h at β1 = 0.9).
+    Example: ``sgdreg.curvature.preconditioned_sharpness(hv, p, 20, key=key).eigenvalues[0]``."""
+    op = preconditioned_matvec(matvec, preconditioner)
+    return lanczos_eigs(op, op.dim, 1, num_steps, key=key, v0=v0, tol=tol)
+
+
 # --------------------------------------------------------------------------- SGD quantities
 
 

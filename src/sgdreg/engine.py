@@ -155,7 +155,8 @@ def execute(run: Run, *, trace_path=None, progress: Callable[[int, int, dict], N
         for p in probes:
             if step % p.every == 0 or step == run.steps:
                 ctx = ProbeContext(problem.at(state.model_state), data, run.lr, step,
-                                   jax.random.fold_in(run.probe_key, step), memory[p.name])
+                                   jax.random.fold_in(run.probe_key, step), memory[p.name],
+                                   opt_state=state.opt_state)
                 row |= p(state.params, ctx)
         writer.append(row)
         writer.flush()

@@ -23,6 +23,7 @@ GALLERY: dict[str, str] = {
     "eos": "sgdreg.plotting.eos:render_eos",
     "generalization_measures": "sgdreg.plotting.generalization:render_generalization",
     "label_noise": "sgdreg.plotting.label_noise:render_label_noise",
+    "adam_eos": "sgdreg.plotting.adam_sharpness:render_adam_sharpness",
 }
 
 

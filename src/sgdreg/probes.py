@@ -16,13 +16,17 @@ so that modified_loss_sgd = modified_loss_gd + igr_sgd_var exactly when B divide
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 from .batching import full_batch_mean, full_batch_value_and_grad
 from .dynamics import eos_threshold
@@ -92,8 +96,10 @@ def minibatch_gradient_terms(problem, params, x, y, perm, full_grad):
 
 @dataclass
 class ProbeContext:
-    """What an expensive probe may read: objective, data, step size, step, a PRNG key, and a
-    per-probe ``memory`` kept across calls of one run (e.g. a Lanczos warm start)."""
+    """What an expensive probe may read: objective, data, step size, step, a PRNG key, a
+    per-probe ``memory`` kept across calls of one run (e.g. a Lanczos warm start) and the
+    dynamics' own state at this step (``TrainState.opt_state``: optax slots, e.g. Adam's v;
+    None when unknown, e.g. on a loaded checkpoint). The dynamics is ``problem.dynamics``."""
 
     problem: Any
     data: Any
@@ -101,6 +107,7 @@ class ProbeContext:
     step: int
     key: jax.Array
     memory: dict
+    opt_state: Any = None
 
 
 class Probe(Protocol):
@@ -132,6 +139,164 @@ class Probe(Protocol):
         ...
 
 
+# --------------------------------------------------------------------------- adaptive methods
+
+
+class AdaptivePreconditioner(NamedTuple):
+    """Adam's or RMSProp's diagonal preconditioner P at the current step, read from the optax
+    state (``adaptive_preconditioner``), and the EoS threshold of λ_max(P⁻¹H)."""
+
+    method: str  # "adam" | "rmsprop"
+    diag: Any  # P, a pytree shaped like θ, every entry > 0
+    threshold: float | None  # None when unknown (e.g. weight decay, Nadam, clipping)
+    detail: dict  # b1, b2/decay, eps, eps_root, eps_in_sqrt, bias correction, count, h, β
+
+
+ADAPTIVE_DEFINITION = (
+    "preconditioned_sharpness = λ_max(P⁻¹H) = λ_max(P^{-1/2} H P^{-1/2}) (Cohen et al. 2022, "
+    "'Adaptive gradient methods at the edge of stability'), H as above, P = the optimizer's "
+    "current diagonal preconditioner read from its optax state after the last update: Adam "
+    "(optax scale_by_adam, also inside inject_hyperparams/chain) P = √(v̂ + eps_root) + eps, "
+    "v̂ = ν/(1 − b2^count); RMSProp (scale_by_rms) P = √(ν̂ + eps) (eps_in_sqrt) or √ν̂ + eps, "
+    "ν̂ bias-corrected only when bias_correction. Lanczos (lanczos_steps, warm-started) on the "
+    "symmetric form, residual and converged flag as for λ_max. preconditioned_eos_threshold: "
+    "Adam (2 + 2β1)/((1 − β1)h) (38/h at β1 = 0.9); RMSProp 2/h, with momentum β 2(1+β)/h "
+    "(Nesterov (2+2β)/((1+2β)h)); null when unknown (Nadam, weight decay, Adam with extra "
+    "momentum). Not recorded for other optimizers, before the first update, or when the "
+    "transform holds anything else that rescales the update (clipping, trust ratios, "
+    "AMSGrad/Yogi/Adamax/centered RMSProp, several adaptive states)")
+
+_ADAPTIVE_LEAVES = ("scale_by_adam", "scale_by_rms")
+# leaves that leave P alone: step size, momentum, weight decay (the last two move the threshold)
+_NEUTRAL_LEAVES = ("scale", "scale_by_learning_rate", "scale_by_schedule", "identity", "trace",
+                   "add_decayed_weights")
+
+
+def _adaptive_state_types() -> tuple[type, ...]:
+    from optax._src import transform as _tr
+
+    return tuple(t for t in (optax.ScaleByAdamState, optax.ScaleByRmsState,
+                             getattr(_tr, "ScaleByRmsWithCountState", None)) if t is not None)
+
+
+def _nonlocals(fn) -> dict:
+    try:
+        return inspect.getclosurevars(fn).nonlocals
+    except (TypeError, ValueError):
+        return {}
+
+
+def _scalar(v) -> float:
+    return float(np.asarray(jax.device_get(v)).item())
+
+
+def _transform_leaves(update, state, out: list) -> None:
+    """Pair each leaf transformation of ``update`` with its state, through
+    ``inject_hyperparams`` (its inner transform rebuilt from the state's current
+    hyper-parameters), ``chain`` and ``with_extra_args_support``: appends (name, closure, state);
+    an unrecognised wrapper is one leaf under its own name (so it is not neutral)."""
+    free = _nonlocals(update)
+    if "inner_factory" in free and hasattr(state, "inner_state"):
+        hps = {k: _scalar(v) for k, v in state.hyperparams.items()}
+        inner = free["inner_factory"](**free.get("other_hps", {}), **hps)
+        _transform_leaves(inner.update, state.inner_state, out)
+    elif "update_fns" in free and isinstance(state, tuple) and len(state) == len(
+            free["update_fns"]):
+        for f, s in zip(free["update_fns"], state):
+            _transform_leaves(f, s, out)
+    elif isinstance(free.get("tx"), optax.GradientTransformation):
+        _transform_leaves(free["tx"].update, state, out)
+    else:
+        out.append((getattr(update, "__qualname__", "").split(".<locals>")[0], free, state))
+
+
+def adaptive_preconditioner(transform, opt_state, lr: float | None = None
+                            ) -> AdaptivePreconditioner | None:
+    """Adam's or RMSProp's current preconditioner P (``ADAPTIVE_DEFINITION``) from an optax
+    ``transform`` and its state ``opt_state``, or None when it is not one of those or anything
+    needed is unknown (never a guess). b1, b2, eps, eps_root, eps_in_sqrt, bias correction and
+    the step size h come from the transform's closures, inside ``inject_hyperparams`` from the
+    state's hyper-parameters (so a traced b1 or a schedule's current value is used); h falls back
+    to ``lr``. Supported: ``optax.adam``, ``optax.rmsprop`` (not centered), ``scale_by_adam`` /
+    ``scale_by_rms`` chained with step sizes, momentum (``trace``) or weight decay.
+
+    Example: ``adaptive_preconditioner(optax.adam(1e-3), state).diag`` (√v̂ + ε per parameter)."""
+    if transform is None or opt_state is None:
+        return None
+    types = _adaptive_state_types()
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda n: isinstance(n, types))
+             if isinstance(s, types)]
+    if len(found) != 1:
+        return None
+    leaves: list = []
+    try:
+        _transform_leaves(transform.update, opt_state, leaves)
+    except Exception:  # an unfamiliar transform: record nothing rather than a wrong value
+        return None
+    adaptive = [leaf for leaf in leaves if leaf[0] in _ADAPTIVE_LEAVES]
+    others = [leaf for leaf in leaves if leaf[0] not in _ADAPTIVE_LEAVES]
+    if (len(adaptive) != 1 or adaptive[0][2] is not found[0]
+            or any(name not in _NEUTRAL_LEAVES for name, _, _ in others)):
+        return None
+    name, free, state = adaptive[0]
+    try:
+        return _preconditioner(name, free, state, others, lr)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _preconditioner(name, free, state, others, lr) -> AdaptivePreconditioner | None:
+    scale, momentum, nesterov, weight_decay = 1.0, None, False, 0.0
+    for leaf, f, s in others:
+        if leaf == "scale":
+            scale *= _scalar(f["step_size"])
+        elif leaf == "scale_by_schedule":  # optax applies fn(count) then increments count
+            scale *= _scalar(f["step_size_fn"](jnp.maximum(s.count - 1, 0)))
+        elif leaf == "trace":
+            if momentum is not None:
+                return None
+            momentum, nesterov = _scalar(f["decay"]), bool(f["nesterov"])
+        elif leaf == "add_decayed_weights":
+            weight_decay += _scalar(f["weight_decay"]) if not callable(f["weight_decay"]) \
+                else math.nan
+    has_scale = any(leaf in ("scale", "scale_by_schedule") for leaf, _, _ in others)
+    h = -scale if has_scale else (float(lr) if lr is not None else math.nan)
+    nu = state.nu
+    if name == "scale_by_adam":
+        count = int(state.count)
+        if count < 1:
+            return None  # no update yet: v̂ = ν/(1 − b2⁰) is undefined
+        b1, b2, eps, eps_root = (_scalar(free[k]) for k in ("b1", "b2", "eps", "eps_root"))
+        nu_hat = jax.tree.map(lambda v: v / (1 - b2**count), nu)
+        diag = jax.tree.map(lambda v: jnp.sqrt(v + eps_root) + eps, nu_hat)
+        ok = not free.get("nesterov", False) and momentum is None and weight_decay == 0
+        thr = (2 + 2 * b1) / ((1 - b1) * h) if ok else None
+        detail = {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root, "count": count,
+                  "bias_correction": True, "nesterov": bool(free.get("nesterov", False))}
+    else:
+        decay, eps = _scalar(free["decay"]), _scalar(free["eps"])
+        bias, in_sqrt = bool(free.get("bias_correction", False)), bool(free["eps_in_sqrt"])
+        count = int(state.count) if bias else None
+        if (bias and count < 1) or all(not np.any(np.asarray(v)) for v in jax.tree.leaves(nu)):
+            return None  # no second-moment information yet
+        nu_hat = jax.tree.map(lambda v: v / (1 - decay**count), nu) if bias else nu
+        diag = jax.tree.map((lambda v: jnp.sqrt(v + eps)) if in_sqrt
+                            else (lambda v: jnp.sqrt(v) + eps), nu_hat)
+        thr = None
+        if weight_decay == 0:
+            thr = (2 / h if momentum is None else (2 + 2 * momentum) / ((1 + 2 * momentum) * h)
+                   if nesterov else 2 * (1 + momentum) / h)
+        detail = {"b1": 0.0, "decay": decay, "eps": eps, "eps_in_sqrt": in_sqrt,
+                  "bias_correction": bias, "count": count}
+    if not all(bool(jnp.all(jnp.isfinite(p) & (p > 0))) for p in jax.tree.leaves(diag)):
+        return None
+    if thr is not None and not (math.isfinite(thr) and thr > 0):
+        thr = None
+    detail |= {"h": h, "momentum": momentum, "weight_decay": weight_decay}
+    return AdaptivePreconditioner("adam" if name == "scale_by_adam" else "rmsprop", diag, thr,
+                                  detail)
+
+
 HESSIAN_DEFINITION = (
     "∇²L of the full-batch training loss L = (1/n)Σℓ_i (loss term only; no weight decay or "
     "optimizer terms), all trainable parameters, train data, inference mode: dropout off and "
@@ -161,7 +326,9 @@ class CurvatureProbe:
     near 0, so 20–30 fixed steps leave it 10–100% off, even of the wrong sign, and converging it
     takes 80–400 steps on the default MLP), each with its residual and converged flag,
     λ_max·‖θ‖², the EoS reference, batch sharpness (minibatch methods), Γ exactly from
-    per-example gradients and, optionally, the raw SLQ nodes/weights of the spectral density.
+    per-example gradients, optionally the raw SLQ nodes/weights of the spectral density, and for
+    Adam/RMSProp (state in ``ctx.opt_state``) the preconditioned sharpness λ_max(P⁻¹H) with its
+    residual, converged flag and threshold (2 + 2β1)/((1 − β1)h) (``ADAPTIVE_DEFINITION``).
     The Hessian is ``HESSIAN_DEFINITION`` (inference mode for dropout/BatchNorm models),
     recorded in the trace.
 
@@ -207,6 +374,7 @@ class CurvatureProbe:
             if self.slq else None, "eos_threshold": self.threshold,
             "batch_sharpness": {"batch_size": self.batch_size, "batches": self.sharpness_batches}
             if self.batch_size else None,
+            "preconditioned_sharpness": ADAPTIVE_DEFINITION,
         }
 
     def __call__(self, params, ctx) -> dict[str, Any]:
@@ -221,11 +389,15 @@ class CurvatureProbe:
         if self.subset is not None and self.subset < x.shape[0]:
             x, y = x[: self.subset], y[: self.subset]
         v0 = ctx.memory.get("top_vector")
+        pre = adaptive_preconditioner(getattr(ctx.problem.dynamics, "transform", None),
+                                      getattr(ctx, "opt_state", None), ctx.lr)
+        if pre is not None and jax.tree.structure(pre.diag) != jax.tree.structure(params):
+            pre = None  # slots not shaped like the probed θ: nothing rather than a wrong value
         # one program for every run of a model (GD and SGD alike: concurrent runs wait for
         # its first compilation instead of tracing it twice), one for the batch sharpness
         signature = (self.num_probes, self.kind, self.lanczos_steps, self.top_k, self.slq,
                      self.lambda_min_max_steps, self.lambda_min_tol, x.shape, x.dtype,
-                     jax.tree.structure(params), self.batch_size)
+                     jax.tree.structure(params), self.batch_size, pre is not None)
         with _PROBE_LOCK if signature not in _COMPILED else contextlib.nullcontext():
             out, top_vector, k_bs = _curvature(
                 obj.example_loss, params, x, y, ctx.key,
@@ -240,10 +412,20 @@ class CurvatureProbe:
                                                        self.batch_size, self.sharpness_batches,
                                                        chunk))
                 out |= {"batch_sharpness": bs.mean, "batch_sharpness_stderr": bs.stderr}
+            if pre is not None:
+                w0 = ctx.memory.get("preconditioned_vector")
+                ps, w = jax.device_get(_preconditioned(
+                    obj.example_loss, params, x, y, pre.diag, jax.random.fold_in(ctx.key, 1),
+                    jnp.zeros(_dim(params), x.dtype) if w0 is None else w0,
+                    lanczos_steps=self.lanczos_steps, chunk=chunk))
+                out |= ps
+                ctx.memory["preconditioned_vector"] = w
             _COMPILED.add(signature)
         ctx.memory["top_vector"] = top_vector
         out = {k: (v.tolist() if getattr(v, "ndim", 0) else v.item()) for k, v in out.items()}
         out["eos_threshold"] = self.threshold
+        if pre is not None:
+            out["preconditioned_eos_threshold"] = pre.threshold
         return out
 
 
@@ -295,6 +477,21 @@ def _curvature(loss, params, x, y, key, v0, *, num_probes, kind, lanczos_steps, 
         q = cv.slq(hv, dim, k_slq, slq_starts, lanczos_steps, kind)
         out |= {"slq_nodes": q.nodes, "slq_weights": q.weights}
     return out, top.eigenvectors[0], k_bs
+
+
+@eqx.filter_jit
+def _preconditioned(loss, params, x, y, diag, key, w0, *, lanczos_steps, chunk):
+    """λ_max(P^{-1/2}HP^{-1/2}) with its residual and converged flag, and the Ritz vector (the
+    next warm start; ``w0`` = 0: a Gaussian start from ``key``)."""
+    from . import curvature as cv
+
+    hv = cv.hessian_matvec(loss, params, x, y, chunk)
+    w0 = jnp.where(jnp.any(w0 != 0), w0, jax.random.normal(key, (hv.dim,), hv.dtype))
+    diag = jax.tree.map(lambda p, a: p.astype(a.dtype), diag, params)
+    top = cv.preconditioned_sharpness(hv, diag, lanczos_steps, v0=w0)
+    return {"preconditioned_sharpness": top.eigenvalues[0],
+            "preconditioned_sharpness_residual": top.residuals[0],
+            "preconditioned_sharpness_converged": top.converged[0]}, top.eigenvectors[0]
 
 
 def measure_curvature(model, cfg, dataset, *, seed: int = 0, **probe_options) -> dict[str, Any]:

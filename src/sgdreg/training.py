@@ -465,7 +465,8 @@ SUMMARY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "gen_gap", "
                 "modified_loss_gd", "modified_loss_sgd")
 PROBE_SUMMARY_KEYS = ("hessian_trace", "hessian_trace_stderr", "lambda_max",
                       "lambda_max_converged", "eos_threshold", "batch_sharpness",
-                      "batch_sharpness_stderr", "dist_to_min_norm")
+                      "batch_sharpness_stderr", "dist_to_min_norm", "preconditioned_sharpness",
+                      "preconditioned_eos_threshold")
 
 
 def summarize(doc: dict) -> dict:

@@ -89,7 +89,8 @@ class Optax(AbstractDynamics):
 
     def eos_threshold(self, lr: float, momentum: float) -> float | None:
         """Cohen et al. 2021 (SCIENCE.md §3): GD/SGD 2/h, heavy ball 2(1+β)/h, Nesterov
-        (2+2β)/((1+2β)h), Adam 38/h (β1 = 0.9; for the preconditioned sharpness)."""
+        (2+2β)/((1+2β)h); none for Adam, whose threshold (2+2β1)/((1−β1)h) (38/h at β1 = 0.9)
+        bounds the *preconditioned* sharpness (recorded as ``preconditioned_eos_threshold``)."""
         return eos_threshold(self.preset or "", lr, momentum)
 
     def describe(self) -> dict[str, Any]:
@@ -194,7 +195,8 @@ def from_transform(tx: optax.GradientTransformation, *, batch_size: int | None =
     for the IGR terms. Without injected hyper-parameters h = ``lr`` (NaN when not given)."""
     if not isinstance(tx, optax.GradientTransformation):
         raise OptimizerError(f"optimizer: {type(tx).__name__} is not an "
-                             "optax.GradientTransformation (or a name: " + ", ".join(_preset_names()) + ")")
+                             "optax.GradientTransformation (or a name: "
+                             + ", ".join(_preset_names()) + ")")
     traced: tuple = ()
     hp = getattr(jax.eval_shape(tx.init, {"w": jnp.zeros(1)}), "hyperparams", None)
     if lr is not None and hp is not None and "learning_rate" in hp:
@@ -206,14 +208,14 @@ def from_transform(tx: optax.GradientTransformation, *, batch_size: int | None =
 
 def eos_threshold(optimizer: str, lr: float, momentum: float) -> float | None:
     """Edge-of-stability reference for λ_max (Cohen et al. 2021; SCIENCE.md §3): GD/SGD 2/h,
-    heavy ball 2(1+β)/h, Nesterov (2+2β)/((1+2β)h), Adam 38/h (β1 = 0.9, for the
-    *preconditioned* sharpness, recorded for reference); none for flows and user transforms."""
+    heavy ball 2(1+β)/h, Nesterov (2+2β)/((1+2β)h); none for flows, user transforms and Adam,
+    whose raw λ_max has no threshold: its (2+2β1)/((1−β1)h) (38/h at β1 = 0.9, Cohen et al. 2022)
+    bounds the preconditioned sharpness λ_max(P⁻¹H), which the curvature probe records with it
+    (``preconditioned_sharpness``, ``preconditioned_eos_threshold``)."""
     if optimizer in ("gd", "sgd"):
         return 2.0 / lr
     if optimizer == "momentum":
         return 2.0 * (1 + momentum) / lr
     if optimizer == "nesterov":
         return (2 + 2 * momentum) / ((1 + 2 * momentum) * lr)
-    if optimizer == "adam":
-        return 38.0 / lr
     return None

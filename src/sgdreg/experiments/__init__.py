@@ -7,4 +7,6 @@ with ``sgdreg.results.save_results``); no plotting here (figures: ``sgdreg.plott
 * ``eos`` — Cohen et al. 2021: the edge of stability.
 * ``igr`` — Barrett & Dherin 2021; Smith et al. 2021: implicit gradient regularization.
 * ``generalization`` — Jiang et al. 2020: generalization measures against the gap.
+* ``label_noise`` — Blanc et al. 2020; Damian et al. 2021: label-noise SGD drifts to lower tr H.
+* ``adam_sharpness`` — Cohen et al. 2022: Adam's preconditioned sharpness at (2+2β1)/((1−β1)h).
 """
