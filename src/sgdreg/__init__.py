@@ -25,6 +25,8 @@ from .curvature import slq as slq
 from .curvature import slq_density as slq_density
 from .data import Dataset as Dataset
 from .datasets import open_dataset as open_dataset
+from .dynamics import SGDSDE as SGDSDE
+from .dynamics import SVAG as SVAG
 from .dynamics import AbstractDynamics as AbstractDynamics
 from .dynamics import GradientFlow as GradientFlow
 from .dynamics import ModifiedFlow as ModifiedFlow
@@ -66,7 +68,7 @@ __all__ = [
     # data
     "Dataset", "open_dataset", "as_dataset",
     # dynamics
-    "AbstractDynamics", "Optax", "GradientFlow", "ModifiedFlow", "named",
+    "AbstractDynamics", "Optax", "GradientFlow", "ModifiedFlow", "SGDSDE", "SVAG", "named",
     # losses
     "cross_entropy", "MSE", "Objective",
     # probes and curvature estimators

@@ -24,6 +24,7 @@ GALLERY: dict[str, str] = {
     "generalization_measures": "sgdreg.plotting.generalization:render_generalization",
     "label_noise": "sgdreg.plotting.label_noise:render_label_noise",
     "adam_eos": "sgdreg.plotting.adam_sharpness:render_adam_sharpness",
+    "sde_svag": "sgdreg.plotting.sde:render_sde_svag",
 }
 
 

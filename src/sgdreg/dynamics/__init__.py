@@ -29,11 +29,12 @@ from ..errors import OptimizerError
 from .base import AbstractDynamics, Data, Hyper, TrainState, epoch_permutation, minibatch_indices
 from .discrete import NAMED_DISCRETE, Optax, eos_threshold, from_transform
 from .flows import FLOW_MAX_STEPS, GradientFlow, ModifiedFlow
+from .sde import SGDSDE, SVAG
 
 NAMED = (*NAMED_DISCRETE, "flow", "modified-flow", "central-flow", "sde", "svag")
 
 __all__ = ["AbstractDynamics", "Data", "Hyper", "TrainState", "Optax", "GradientFlow",
-           "ModifiedFlow", "named", "resolve", "from_transform", "eos_threshold",
+           "ModifiedFlow", "SGDSDE", "SVAG", "named", "resolve", "from_transform", "eos_threshold",
            "epoch_permutation", "minibatch_indices", "NAMED", "FLOW_MAX_STEPS"]
 
 
@@ -76,12 +77,8 @@ def named(name: str, *, batch_size: int | None = None, egr: bool = False,
 
         return CentralFlow(eigs=eigs)
     if name == "sde":
-        from .sde import SGDSDE
-
         return SGDSDE(batch_size=batch_size)
     if name == "svag":
-        from .sde import SVAG
-
         return SVAG(batch_size=batch_size, amplification=amplification)
     raise OptimizerError(f"optimizer: unknown {name!r}; allowed: {', '.join(NAMED)} or an "
                          "optax.GradientTransformation")
