@@ -25,6 +25,7 @@ GALLERY: dict[str, str] = {
     "label_noise": "sgdreg.plotting.label_noise:render_label_noise",
     "adam_eos": "sgdreg.plotting.adam_sharpness:render_adam_sharpness",
     "sde_svag": "sgdreg.plotting.sde:render_sde_svag",
+    "central_flow": "sgdreg.plotting.central_flow:render_central_flow",
 }
 
 
