@@ -14,7 +14,19 @@ import typer
 
 from sgdreg.config import DISCRETE, OPTIMIZERS, RunConfig, validate
 
-from .app import UsageProblem, app, console, emit_json, out_dir, parse_list, print_table, progress_bar
+from .app import (
+    UsageProblem,
+    app,
+    check_finite,
+    check_writable,
+    console,
+    emit_json,
+    make_output,
+    output_dir,
+    parse_list,
+    print_table,
+    progress_bar,
+)
 
 Opt = typer.Option
 
@@ -32,6 +44,9 @@ LogOpt = Annotated[int | None, Opt("--log-every", help="Log metrics every k step
                                    "every max(10, steps/200) for full batch.")]
 OutOpt = Annotated[Path | None, Opt("--out", help="Output directory (default sgdreg-runs/<cmd>-<time>).")]
 JsonOpt = Annotated[bool, Opt("--json", help="Print a machine-readable summary on stdout.")]
+OverwriteOpt = Annotated[bool, Opt("--overwrite", help="Write into a non-empty --out: replace "
+                                   "this command's files and remove the traces there (other "
+                                   "files stay).")]
 WidthOpt = Annotated[int, Opt("--width", help="Hidden units (CNN: channels).")]
 DepthOpt = Annotated[int, Opt("--depth", help="Hidden layers.")]
 ActivationOpt = Annotated[str, Opt("--activation", help="relu, tanh, gelu, softplus, ...")]
@@ -82,6 +97,12 @@ def make_configs(optimizers: str, lr: str, **common) -> list[RunConfig]:
             for o in opts for h in lrs]
     for c in cfgs:
         validate_early(c)
+    from sgdreg.training import run_id
+
+    ids = [run_id(c) for c in cfgs]
+    dup = next((i for k, i in enumerate(ids) if i in ids[:k]), None)
+    if dup is not None:  # cannot happen with distinct values (run ids are exact); kept as a guard
+        raise UsageProblem(f"--optimizers/--lr: two runs would both be named {dup!r}")
     return cfgs
 
 
@@ -115,12 +136,21 @@ def default_log_every(cfg: RunConfig, n_train: int) -> int:
     return fits[-1] if fits else base
 
 
+def check_epochs(epochs: float | None) -> None:
+    """``--epochs``: a finite number > 0 (before any data is loaded)."""
+    check_finite("--epochs", epochs, 0)
+
+
 def with_epochs(cfg: RunConfig, epochs: float | None, n: int) -> RunConfig:
+    from sgdreg.config import MAX_STEPS
+
     if epochs is None:
         return cfg
-    if epochs <= 0:
-        raise UsageProblem(f"--epochs must be > 0, got {epochs:g}")
-    return cfg.replace(steps=max(1, round(epochs * cfg.steps_per_epoch(n))))
+    check_epochs(epochs)
+    steps = max(1, round(epochs * cfg.steps_per_epoch(n)))
+    if steps > MAX_STEPS:
+        raise UsageProblem(f"--epochs {epochs:g} means {steps} steps; at most {MAX_STEPS}")
+    return cfg.replace(steps=steps)
 
 
 def auto_hessian_every(cfg: RunConfig, probes: int) -> int:
@@ -131,7 +161,8 @@ def auto_hessian_every(cfg: RunConfig, probes: int) -> int:
 
 
 def run_grid(cfgs: list[RunConfig], epochs: float | None, out: Path, label: str,
-             curvature_probes: int = 0, after_compile: Callable[[], None] | None = None):
+             curvature_probes: int = 0, after_compile: Callable[[], None] | None = None,
+             overwrite: bool = False):
     """Load data once, resolve what depends on n (``--epochs``; the default ``log_every``, see
     ``default_log_every``; with ``curvature_probes`` > 0, ``hessian_every`` for runs that have
     none, see ``auto_hessian_every``), validate every run against it, then train each run into
@@ -147,7 +178,7 @@ def run_grid(cfgs: list[RunConfig], epochs: float | None, out: Path, label: str,
             c, curvature_probes)) for c in cfgs]
     for c in cfgs:
         validate(c, ds.n_train)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output(out, overwrite)
     console.print(f"[bold]{label}[/] on {ds.name} (n={ds.n_train}, test {ds.n_test}) → {out}")
     prog, callback_for = progress_bar(label, len(cfgs))
     stop = threading.Event()
@@ -319,6 +350,7 @@ def compare(
     hessian_n: HessNOpt = None,
     slq: SlqOpt = False,
     out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
     json: JsonOpt = False,
 ):
     """Train the same model from the identical θ0 under several optimizers (and lrs).
@@ -341,6 +373,7 @@ def compare(
 
       sgdreg compare --optimizers gd,sgd --hessian-every 100 --probes 50 --slq
     """
+    check_epochs(epochs)
     if n_train is None:  # the embedded default: 256 of digits' 1438 (see the README)
         n_train = DEFAULT_DIGITS_N if dataset == "digits" else 0
     if n_train < 0:
@@ -359,13 +392,13 @@ def compare(
                         hessian_every=hessian_every or 0, probes=probes,
                         lanczos_steps=lanczos_steps, lambda_min_steps=lambda_min_steps,
                         top_k=top_k, hessian_n=hessian_n, slq=slq)
-    dest = out_dir(out, "compare")
+    dest = output_dir(out, "compare", overwrite=overwrite)
     from sgdreg.plotting.common import preload
 
     # matplotlib imported in the background while the runs train (not while they compile:
     # both need the GIL)
     ds, results = run_grid(cfgs, epochs, dest, "compare", curvature_probes=auto,
-                           after_compile=preload)
+                           after_compile=preload, overwrite=overwrite)
     from sgdreg.plotting.compare import compare_figure
     from sgdreg.trace import atomic_write_json
 
@@ -416,6 +449,7 @@ def train(
     hessian_n: HessNOpt = None,
     slq: SlqOpt = False,
     out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
     json: JsonOpt = False,
 ):
     """Train one run and write its trace.
@@ -441,9 +475,10 @@ def train(
                     hessian_every=hessian_every, probes=probes, lanczos_steps=lanczos_steps,
                     top_k=top_k, hessian_n=hessian_n, slq=slq,
                     **({} if lambda_min_steps is None else {"lambda_min_steps": lambda_min_steps}))
+    check_epochs(epochs)
     validate_early(cfg)
-    dest = out_dir(out, "train")
-    ds, results = run_grid([cfg], epochs, dest, "train")
+    dest = output_dir(out, "train", overwrite=overwrite)
+    ds, results = run_grid([cfg], epochs, dest, "train", overwrite=overwrite)
     if save_checkpoint:
         from sgdreg.checkpoint import save_model
 
@@ -461,13 +496,19 @@ app.add_typer(trace_app, name="trace")
 
 
 def _describe(path: Path, doc: dict) -> None:
+    from rich.markup import escape
+
+    from sgdreg.trace import is_stale
+
     from .app import result_console
 
     out = result_console()
     cfg = doc["config"]
-    out.print(f"[bold]{doc['run_id']}[/]  status={doc['status']}"
-              + (f" ({doc['status_detail']})" if doc.get("status_detail") else "")
-              + f"  [dim]{path}[/]", highlight=False, soft_wrap=True)
+    stale = is_stale(doc)
+    out.print(f"[bold]{escape(doc['run_id'])}[/]  status={doc['status']}"
+              + (f" ({escape(doc['status_detail'])})" if doc.get("status_detail") else "")
+              + (f"  [bold red]stale: {escape(stale)}[/]" if stale else "")
+              + f"  [dim]{escape(str(path))}[/]", highlight=False, soft_wrap=True)
     dev = doc["device"]
     dev = f"{dev.get('kind')} ×{dev.get('count')}" if isinstance(dev, dict) and dev else dev
     out.print(f"dataset {(doc.get('dataset') or {}).get('name')}, model {cfg.get('model')}, "
@@ -514,13 +555,23 @@ def trace_show(
 def trace_validate(
     paths: Annotated[list[Path], typer.Argument(help="Trace files and/or folders.")],
 ):
-    """Check traces against the schema; exit 2 naming the first problem. A folder: every trace
-    under it (JSON without the trace schema, e.g. summary.json, is skipped)."""
-    from sgdreg.trace import find_traces
+    """Check traces against the schema (strict JSON, field types); exit 2 naming the first
+    problem. A folder: every trace under it (JSON without the trace schema, e.g. summary.json,
+    is skipped). A valid trace left at 'running' by a writer that died (its pid is gone, or
+    its heartbeat is over an hour old on another host) is reported as stale: exit 1, a
+    runtime state, not bad input."""
+    from sgdreg.trace import find_traces, is_stale
 
+    stale = 0
     for f, doc in find_traces(paths):
+        reason = is_stale(doc)
+        stale += reason is not None
         console.print(f"{f}: valid {doc['schema']} ({doc['status']}, "
-                      f"{len(doc['metrics']['step'])} rows)", highlight=False)
+                      f"{len(doc['metrics']['step'])} rows)"
+                      + (f"; stale: {reason}" if reason else ""), highlight=False, markup=False,
+                      soft_wrap=True)
+    if stale:
+        raise typer.Exit(1)
 
 
 @trace_app.command("export")
@@ -543,6 +594,7 @@ def trace_export(
 
     from sgdreg.trace import PARQUET_SUFFIXES, find_traces, parquet_engine, to_dataframe, write_table
 
+    check_writable(out, "--out", "file")
     if out.suffix.lower() in PARQUET_SUFFIXES and parquet_engine() is None:
         raise UsageProblem(f"--out {out.name}: parquet needs pyarrow or fastparquet "
                            "(pip install 'sgdreg[parquet]'); or give a .csv file")
@@ -580,10 +632,18 @@ def figures(
     from sgdreg.figures import GALLERY, render
 
     names = parse_list(only, str, "--only", sorted(GALLERY)) if only else sorted(GALLERY)
+    if not data.is_dir():
+        raise UsageProblem(f"--data {data}: no such directory")
+    check_writable(out, "--out", "dir")
     missing = [n for n in names if not (data / n).is_dir()]
     if missing:
         raise UsageProblem(f"no stored results for {', '.join(missing)} in {data}; run the "
                            "experiments in experiments/ first")
+    from sgdreg import locking
+
+    if out.is_dir():
+        locking.check_unlocked(out)
+    locking.hold(out, "sgdreg figures")
     for name in names:
         files = render(name, data, out)
         console.print(f"{name}: " + ", ".join(str(f) for f in files))

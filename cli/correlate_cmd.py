@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .app import UsageProblem, app, console, emit_json, print_table
+from .app import UsageProblem, app, as_options, check_int, console, emit_json, print_table
 
 Opt = typer.Option
 
@@ -53,8 +54,20 @@ def correlate(
 
     if gap not in gz.GAPS:
         raise UsageProblem(f"--gap: unknown value {gap!r}; allowed: {', '.join(gz.GAPS)}")
+    with as_options(gap="--gap", target_loss="--target-loss", num_resamples="--resamples",
+                    level="--level", seed="--seed"):
+        gz.check_options(gap=gap, target_loss=target_loss, num_resamples=resamples, level=level,
+                         seed=seed)
+    check_int("--top", top, 1)
     if not run_dir.is_dir():
         raise UsageProblem(f"no run directory at {run_dir}")
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise UsageProblem(f"{run_dir}: not writable (measures.json and correlation.json go "
+                           "there)")
+    from sgdreg import locking
+
+    locking.check_unlocked(run_dir)  # e.g. a sweep still writing there
+    locking.hold(run_dir, "sgdreg correlate")  # measures.json, correlation.json are written
     doc = gz.correlate(run_dir, gap=gap, target_loss=target_loss, recompute=recompute,
                        num_resamples=resamples, level=level, seed=seed, flatness=flatness,
                        curvature=curvature,

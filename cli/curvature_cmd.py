@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from .app import UsageProblem, app, console, emit_json, out_dir, print_table
+from .app import (
+    UsageProblem,
+    app,
+    check_finite,
+    check_int,
+    console,
+    emit_json,
+    make_output,
+    output_dir,
+    print_table,
+)
 
 Opt = typer.Option
 
@@ -32,7 +42,10 @@ def hessian(
     sigma: Annotated[float | None, Opt("--sigma", help="Density kernel std (default 1% of "
                                        "the spectrum's range).")] = None,
     seed: Annotated[int, Opt("--seed")] = 0,
-    out: Annotated[Path | None, Opt("--out")] = None,
+    out: Annotated[Path | None, Opt("--out", help="Output directory (default "
+                                    "sgdreg-runs/hessian-<time>).")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Write into a non-empty --out "
+                                   "(curvature.json and density.png are replaced).")] = False,
     json: Annotated[bool, Opt("--json")] = False,
 ):
     """Hessian trace ± stderr (total and per layer), top-k and smallest eigenvalues with their
@@ -53,20 +66,31 @@ def hessian(
     from sgdreg.trace import atomic_write_json
     from sgdreg.training import load_data
 
+    # every option, the output location and the checkpoint before anything is computed
+    check_int("--probes", probes, 2)
+    check_int("--lanczos-steps", lanczos_steps, 1)
+    check_int("--top-k", top_k, 1, lanczos_steps)
     if lambda_min_steps is not None and lambda_min_steps < 0:
         raise UsageProblem(f"--lambda-min-steps must be ≥ 0 (0: no λ_min), got {lambda_min_steps}")
-    if lambda_min_tol is not None and not lambda_min_tol > 0:
-        raise UsageProblem(f"--lambda-min-tol must be > 0, got {lambda_min_tol}")
+    check_int("--lambda-min-steps", lambda_min_steps, 0)
+    check_finite("--lambda-min-tol", lambda_min_tol, 0)
+    check_int("--hessian-n", hessian_n, 1)
+    check_int("--slq-starts", slq_starts, 1)
+    check_finite("--sigma", sigma, 0)
+    check_int("--seed", seed, 0, 2**32 - 1)
+    if not checkpoint.is_file():
+        raise UsageProblem(f"{checkpoint}: no such checkpoint file")
+    dest = output_dir(out, "hessian", overwrite=overwrite)
     model, cfg = load_model(checkpoint)
     cfg = cfg.replace(probes=probes, lanczos_steps=lanczos_steps, top_k=top_k,
                       hessian_n=hessian_n, slq=True, hessian_every=cfg.log_every)
     validate(cfg)
     ds = load_data(cfg)
-    dest = out_dir(out, "hessian")
+    validate(cfg, ds.n_train)  # --hessian-n ≤ n
     options = {k: v for k, v in (("lambda_min_max_steps", lambda_min_steps),
                                  ("lambda_min_tol", lambda_min_tol)) if v is not None}
     res = measure_curvature(model, cfg, ds, seed=seed, slq_starts=slq_starts, **options)
-    dest.mkdir(parents=True, exist_ok=True)
+    make_output(dest)
     files, used = spectral_density_figure(res["slq_nodes"], res["slq_weights"],
                                           dest / "density.png", sigma)
     res |= {"checkpoint": str(checkpoint), "density_sigma_std": used,

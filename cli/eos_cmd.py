@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .app import app, console, emit_json, out_dir, parse_list, print_table
+from .app import app, as_options, console, emit_json, output_dir, parse_list, print_table
 
 Opt = typer.Option
 
@@ -42,6 +42,8 @@ def eos(
     traces: Annotated[bool, Opt("--traces/--no-traces", help="Keep one trace per run.")] = True,
     out: Annotated[Path | None, Opt("--out", help="Output directory (default "
                                     "sgdreg-runs/eos-<time>).")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Write into a non-empty --out: replace "
+                                   "this command's files and remove the traces there.")] = False,
     json: Annotated[bool, Opt("--json", help="Print the results on stdout.")] = False,
 ):
     """Edge of stability (Cohen et al. 2021): full-batch GD on an MSE tanh MLP, λ_max against
@@ -55,11 +57,26 @@ def eos(
 
       sgdreg eos --lr 0.4 --steps 500 --no-flow --json
     """
+    from sgdreg.config import RunConfig, validate
+    from sgdreg.experiments import eos as lib
     from sgdreg.experiments.eos import run_edge_of_stability
     from sgdreg.plotting.eos import render_eos
 
+    from .app import make_output
+
     lrs = parse_list(lr, float, "--lr")
-    dest = out_dir(out, "eos")
+    with as_options(lrs="--lr", optimizer="--optimizer", steps="--steps",
+                    sharpness_every="--sharpness-every", log_every="--log-every",
+                    lanczos_steps="--lanczos-steps", settle_fraction="--settle-fraction",
+                    flow_time="--flow-time", momentum="--momentum"):
+        lib._check(lrs, optimizer, momentum, steps, sharpness_every, log_every, lanczos_steps,
+                   1 / 3 if settle_fraction is None else settle_fraction, flow_time)
+    for h in lrs:  # every run's config, as the library builds it (before any data is loaded)
+        validate(RunConfig(dataset=dataset, data_dir=data_dir, n_train=n_train, width=width,
+                           depth=depth, optimizer=optimizer, momentum=momentum, steps=steps,
+                           log_every=log_every, seed=seed, dtype=dtype, lr=h, **lib.MODEL))
+    dest = output_dir(out, "eos", overwrite=overwrite)
+    make_output(dest, overwrite)  # created and locked (an empty one is removed on failure)
     res = run_edge_of_stability(
         lrs, optimizer=optimizer, momentum=momentum, dataset=dataset, data_dir=data_dir,
         n_train=n_train, width=width, depth=depth, steps=steps, sharpness_every=sharpness_every,

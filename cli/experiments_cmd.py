@@ -14,7 +14,19 @@ import typer
 
 from sgdreg.config import OPTIMIZERS, RunConfig, validate
 
-from .app import UsageProblem, app, console, emit_json, out_dir, parse_list, print_table
+from .app import (
+    UsageProblem,
+    app,
+    as_options,
+    check_finite,
+    check_int,
+    console,
+    emit_json,
+    make_output,
+    output_dir,
+    parse_list,
+    print_table,
+)
 
 Opt = typer.Option
 OutOpt = Annotated[Path | None, Opt("--out", help="Output directory (default "
@@ -27,6 +39,38 @@ PreOpt = Annotated[str | None, Opt("--preprocess", help="standardize | unit | no
 NTrainOpt = Annotated[int | None, Opt("--n-train", help="Use the first n training examples.")]
 NTestOpt = Annotated[int | None, Opt("--n-test", help="Use the first n test examples.")]
 SeedsOpt = Annotated[str, Opt("--seeds", help="Comma list of seeds (bands in the figure).")]
+OverwriteOpt = Annotated[bool, Opt("--overwrite", help="Write into a non-empty --out: replace "
+                                   "this command's files and remove the traces there.")]
+MAX_STEPS = 2**31 - 1  # the engine's int32 step counter
+MAX_SEED = 2**32 - 1
+
+
+def _seeds(text: str) -> list[int]:
+    seeds = parse_list(text, int, "--seeds")
+    for v in seeds:
+        check_int("--seeds", v, 0, MAX_SEED)
+    return seeds
+
+
+def _data_options(dataset: str, preprocess: str | None, n_train: int | None = None,
+                  n_test: int | None = None) -> None:
+    """The data options, checked before anything is loaded."""
+    from sgdreg.data import PREPROCESS
+    from sgdreg.datasets import DATASETS
+
+    if dataset not in DATASETS:
+        raise UsageProblem(f"--dataset: unknown value {dataset!r}; allowed: {', '.join(DATASETS)}")
+    if preprocess is not None and preprocess not in PREPROCESS:
+        raise UsageProblem(f"--preprocess: unknown value {preprocess!r}; allowed: "
+                           f"{', '.join(PREPROCESS)}")
+    check_int("--n-train", n_train, 1)
+    check_int("--n-test", n_test, 1)
+
+
+def _prepare(dest: Path, overwrite: bool) -> None:
+    """After every check: create and lock ``dest``; with ``--overwrite`` remove the traces an
+    earlier run left there (``make_output``)."""
+    make_output(dest, overwrite)
 
 
 def _finish(dest: Path, name: str, render, config: dict, results: dict, wall: float,
@@ -80,6 +124,7 @@ def randomize(
     seeds: SeedsOpt = "0",
     dtype: Annotated[str, Opt("--dtype")] = "float32",
     out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
     json: JsonOpt = False,
 ):
     """Randomization tests (Zhang et al. 2017, Fig. 1): the same net and hyper-parameters on true
@@ -93,25 +138,29 @@ def randomize(
 
       sgdreg randomize --dataset mnist5k --width 512 --seeds 0,1,2 --epochs 60
     """
-    from sgdreg.experiments.zhang import randomization_test
+    from sgdreg.experiments.zhang import randomization_test, randomization_variants
     from sgdreg.plotting.zhang import render_randomization
     from sgdreg.results import timed
     from sgdreg.training import load_data
 
     ps = parse_list(corruptions, float, "--corruptions")
     kinds = [] if inputs.strip() == "none" else parse_list(inputs, str, "--inputs")
-    seed_list = parse_list(seeds, int, "--seeds")
-    if epochs < 1:
-        raise UsageProblem(f"--epochs must be ≥ 1, got {epochs}")
+    seed_list = _seeds(seeds)
+    check_int("--epochs", epochs, 1, MAX_STEPS)
+    with as_options(corruptions="--corruptions", inputs="--inputs"):
+        randomization_variants(ps, kinds)
     cfg = RunConfig(dataset=dataset, data_dir=data_dir, preprocess=preprocess, n_train=n_train,
                     model=model, width=width, depth=depth, optimizer=_optimizer(optimizer), lr=lr,
                     momentum=momentum, batch_size=batch_size, dtype=dtype)
     validate(cfg)
+    dest = output_dir(out, "randomize", overwrite=overwrite)
     n = load_data(cfg).n_train
     validate(cfg, n)
     m = cfg.steps_per_epoch(n)
+    if epochs * m > MAX_STEPS:
+        raise UsageProblem(f"--epochs {epochs} means {epochs * m} steps; at most {MAX_STEPS}")
     cfg = cfg.replace(steps=epochs * m, log_every=m)
-    dest = out_dir(out, "randomize")
+    _prepare(dest, overwrite)
     console.print(f"[bold]randomize[/] {dataset} (n={n}), {len(ps) + len(kinds)} variants × "
                   f"{len(seed_list)} seed(s), {epochs} epochs → {dest}")
     res, wall = timed(randomization_test, cfg, ps, kinds, seed_list, trace_dir=dest / "traces",
@@ -139,6 +188,7 @@ def expressivity(
                                           "full batch).")] = None,
     seed: Annotated[int, Opt("--seed", help="Seeds the labels, a and θ0.")] = 0,
     out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
     json: JsonOpt = False,
 ):
     """Finite-sample expressivity (Zhang et al. 2017, Theorem 1): the 2n+d-weight construction
@@ -157,12 +207,26 @@ def expressivity(
     from sgdreg.results import timed
 
     mults = parse_list(multiples, float, "--multiples")
-    if steps < 1:
-        raise UsageProblem(f"--steps must be ≥ 1, got {steps}")
-    ds = _dataset(dataset, data_dir, preprocess, None, None)
+    for v in mults:
+        check_finite("--multiples", v, 0)
+    check_int("--n", n, 1)
+    check_int("--steps", steps, 1, MAX_STEPS)
+    check_int("--batch-size", batch_size, 1)
+    if batch_size is not None and batch_size > n:
+        raise UsageProblem(f"--batch-size {batch_size} exceeds the --n {n} points")
+    check_int("--seed", seed, 0, MAX_SEED)
+    _data_options(dataset, preprocess)
     cfg = RunConfig(dataset=dataset, optimizer=_optimizer(optimizer), lr=lr, steps=steps,
-                    batch_size=min(batch_size or n, max(n, 1)), log_every=max(1, steps // 100))
-    dest = out_dir(out, "expressivity")
+                    batch_size=batch_size or n, log_every=max(1, steps // 100))
+    validate(cfg, dataset_given=True)
+    dest = output_dir(out, "expressivity", overwrite=overwrite)
+    ds = _dataset(dataset, data_dir, preprocess, None, None)
+    if not ds.num_classes:
+        raise UsageProblem(f"--dataset {dataset}: expressivity needs a classification dataset "
+                           "(random class labels)")
+    if n > ds.n_train:
+        raise UsageProblem(f"--n must be in 1..{ds.n_train} for {ds.name}, got {n}")
+    _prepare(dest, overwrite)
     res, wall = timed(expressivity_test, ds, n, cfg, mults, seed=seed,
                       progress=lambda s: console.print("  " + s, highlight=False))
     c = res["construction"]
@@ -192,6 +256,7 @@ def kernel(
                                "kernels (preprocessing × bandwidth) and, at each fixed kernel, "
                                "true against random labels (seeds 0-4).")] = True,
     out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
     json: JsonOpt = False,
 ):
     """Minimum-norm interpolation (Zhang et al. 2017, §5): solve Kα = y, report test error and
@@ -210,12 +275,24 @@ def kernel(
       sgdreg kernel --kernel linear --n-train 50
     """
     from sgdreg.experiments.kernel import min_norm_kernel
+    from sgdreg.kernels import KERNELS
     from sgdreg.plotting.kernel import render_kernel
     from sgdreg.results import timed
 
+    if kernel not in KERNELS:
+        raise UsageProblem(f"--kernel: unknown value {kernel!r}; allowed: {', '.join(KERNELS)}")
+    check_finite("--bandwidth", bandwidth, 0)
+    check_int("--gd-n", gd_n, 0)
+    check_int("--gd-steps", gd_steps, 1, MAX_STEPS)
+    _data_options(dataset, preprocess, n_train, n_test)
+    dest = output_dir(out, "kernel", overwrite=overwrite)
     ds = _dataset(dataset, data_dir, preprocess, n_train, n_test)
     raw = _dataset(dataset, data_dir, "none", n_train, n_test) if table else None
-    dest = out_dir(out, "kernel")
+    names = dict(kernel="--kernel", bandwidth="--bandwidth", gd_n="--gd-n", gd_steps="--gd-steps",
+                 n_train="--n-train")
+    with as_options(**names):  # the data-dependent checks (n ≤ d, gd_n) run before computing
+        _check_kernel(ds, kernel, bandwidth, gd_n or None, gd_steps)
+    _prepare(dest, overwrite)
     res, wall = timed(min_norm_kernel, ds, kernel, bandwidth, gd_n or None, gd_steps, raw,
                       trace_dir=dest / "traces",
                       progress=lambda s: console.print("  " + s, highlight=False))
@@ -240,6 +317,20 @@ def kernel(
     _finish(dest, "kernel", render_kernel, {"kernel": kernel, "bandwidth": bandwidth,
             "dataset": dataset, "preprocess": preprocess, "n_train": n_train, "n_test": n_test,
             "gd_n": gd_n, "gd_steps": gd_steps, "table": table}, res, wall, json)
+
+
+def _check_kernel(ds, kernel, bandwidth, gd_n, gd_steps) -> None:
+    import numpy as np
+
+    from sgdreg.errors import ConfigError
+
+    d = int(np.prod(ds.input_shape))
+    if kernel == "linear" and ds.n_train > d:
+        raise ConfigError(f"kernel linear cannot interpolate n = {ds.n_train} points in d = {d} "
+                          "dimensions (n > d); use --kernel rbf or --n-train ≤ d")
+    if gd_n is not None and not 1 <= gd_n <= min(d, ds.n_train):
+        raise ConfigError(f"gd_n must be in 1..{min(d, ds.n_train)} (GD reaches the min-norm "
+                          f"interpolant only when n ≤ d = {d}), got {gd_n}")
 
 
 DD_KINDS = ("rff", "width", "epoch", "samples")
@@ -274,6 +365,7 @@ def double_descent(
     epochs: Annotated[int, Opt("--epochs", help="width/epoch: training budget in epochs.")]
     = 200,
     out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
     json: JsonOpt = False,
 ):
     """Double descent: random Fourier features (Belkin et al. 2019) and deep double descent
@@ -297,19 +389,37 @@ def double_descent(
 
     if kind not in DD_KINDS:
         raise UsageProblem(f"--kind: unknown value {kind!r}; allowed: {', '.join(DD_KINDS)}")
-    seed_list = parse_list(seeds, int, "--seeds")
-    if epochs < 1:
-        raise UsageProblem(f"--epochs must be ≥ 1, got {epochs}")
+    seed_list = _seeds(seeds)
+    check_int("--epochs", epochs, 1, MAX_STEPS)
+    check_int("--n-train", n_train, 1)
     rff = kind in ("rff", "samples")
     n_train = n_train or {"rff": 300, "samples": None}.get(kind, 500)
     grid = parse_list(features, int, "--features") if features else None
+    for v in grid or ():
+        check_int("--features", v, 1)
     noises = parse_list(noise, float, "--noise")
+    for v in noises:
+        if not 0 <= v <= 1:
+            raise UsageProblem(f"--noise must be in [0, 1], got {v:g}")
     ws = parse_list(widths, int, "--widths")
+    for v in ws:
+        check_int("--widths", v, 1)
+    check_finite("--sigma", sigma, 0)
     if kind == "samples" and grid and len(grid) != 1:
         raise UsageProblem("--features: samples takes one fixed N, e.g. --features 300")
     if kind == "epoch" and len(noises) != 1:
         raise UsageProblem("--noise: epoch takes one value, e.g. --noise 0.2")
-    dest = out_dir(out, "double-descent")
+    _data_options(dataset, preprocess, None, n_test)
+    if not rff:
+        probe = RunConfig(dataset=dataset, data_dir=data_dir, preprocess=preprocess,
+                          n_train=n_train, n_test=n_test, optimizer=_optimizer(optimizer), lr=lr,
+                          batch_size=batch_size, width=width, steps=1, log_every=1)
+        validate(probe)
+        m = max(probe.steps_per_epoch(n_train), 1)
+        if epochs * m > MAX_STEPS:
+            raise UsageProblem(f"--epochs {epochs} means {epochs * m} steps; at most {MAX_STEPS}")
+    dest = output_dir(out, "double-descent", overwrite=overwrite)
+    _prepare(dest, overwrite)
     say = lambda s: console.print("  " + s, highlight=False)
     if rff:
         ds = _dataset(dataset, data_dir, preprocess or "unit", n_train, n_test)

@@ -7,7 +7,24 @@ from typing import Annotated
 
 import typer
 
-from .app import UsageProblem, app, console, emit_json, out_dir, parse_list, print_table
+from .app import (
+    UsageProblem,
+    app,
+    as_options,
+    check_finite,
+    check_int,
+    console,
+    emit_json,
+    make_output,
+    output_dir,
+    parse_list,
+    print_table,
+)
+
+LIB_NAMES = dict(lrs="--lr", time="--time", n_log="--n-log", egr_lr="--egr-lr",
+                 batch_size="--batch-size", h_small="--h-small", h_moderate="--h-moderate",
+                 widths="--width", target_loss="--target-loss", log_every="--log-every",
+                 seeds="--seeds")
 
 Opt = typer.Option
 
@@ -52,6 +69,8 @@ def igr(
     = 0.03,
     out: Annotated[Path | None, Opt("--out", help="Output directory (default "
                                     "sgdreg-runs/igr-<time>).")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Write into a non-empty --out: replace "
+                                   "this command's files and remove the traces there.")] = False,
     json: Annotated[bool, Opt("--json", help="Print the results on stdout.")] = False,
 ):
     """Implicit gradient regularization: GD vs plain and modified flow, EGR, two-parameter
@@ -73,12 +92,41 @@ def igr(
         raise UsageProblem("--two-param and --sweep: choose one")
     if seeds is not None and not sweep:
         raise UsageProblem("--seeds is for --sweep (the other checks take one --seed)")
+    from sgdreg.config import validate
+
     lrs = parse_list(lr, float, "--lr") if lr is not None else None
+    for h in lrs or ():
+        check_finite("--lr", h, 0)
     widths = parse_list(width, int, "--width") if width is not None else None
+    for w in widths or ():
+        check_int("--width", w, 1)
+    seed_list = parse_list(seeds, int, "--seeds") if seeds else None
+    for v in seed_list or ():
+        check_int("--seeds", v, 0, 2**32 - 1)
+    check_finite("--time", time, 0)
+    check_int("--n-log", n_log, 1, 10**6)
+    check_finite("--egr-lr", egr_lr, 0, strict=False)
+    check_finite("--h-small", h_small, 0)
+    check_finite("--h-moderate", h_moderate, 0)
+    check_finite("--target-loss", target_loss, 0)
     given = {k: v for k, v in dict(dataset=dataset, model=model, depth=depth, activation=activation,
                                    n_train=n_train, loss=loss, dtype=dtype, seed=seed).items()
              if v is not None}
-    dest = out_dir(out, "igr")
+    if not two_param:  # the runs' config, checked before anything is loaded or written
+        if not sweep and widths is not None and len(widths) != 1:
+            raise UsageProblem("--width: the check takes one width (lists are for --sweep)")
+        defaults = lib.SWEEP_DEFAULTS if sweep else lib.CHECK_DEFAULTS
+        for w in widths or [None]:
+            validate(RunConfig(**(defaults | given | ({} if w is None else {"width": w}))))
+    dest = output_dir(out, "igr", overwrite=overwrite)
+    make_output(dest, overwrite)  # created and locked (an empty one is removed on failure)
+    with as_options(**LIB_NAMES):
+        return _run(lib, fig_lib, RunConfig, two_param, sweep, lrs, widths, seed_list, time, n_log,
+                    egr_lr, h_small, h_moderate, target_loss, given, dest, json)
+
+
+def _run(lib, fig_lib, RunConfig, two_param, sweep, lrs, widths, seed_list, time, n_log,
+         egr_lr, h_small, h_moderate, target_loss, given, dest, json):
     if two_param:
         kw = {k: v for k, v in (("lrs", lrs), ("time", time), ("n_log", n_log)) if v is not None}
         res = lib.two_param_example(h_small=h_small, h_moderate=h_moderate, out_dir=dest,
@@ -91,7 +139,7 @@ def igr(
     elif sweep:
         base = RunConfig(**(lib.SWEEP_DEFAULTS | given))
         kw = {k: v for k, v in (("lrs", lrs), ("widths", widths), ("time", time),
-                                ("seeds", parse_list(seeds, int, "--seeds") if seeds else None))
+                                ("seeds", seed_list))
               if v is not None}
         res = lib.igr_sweep(base, target_loss=target_loss, out_dir=dest, progress=console.print,
                             **kw)

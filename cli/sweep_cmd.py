@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .app import UsageProblem, app, console, emit_json, out_dir, print_table
+from .app import UsageProblem, app, check_int, console, emit_json, output_dir, print_table
 
 Opt = typer.Option
 
@@ -29,6 +29,10 @@ def sweep(
     distributed: Annotated[bool, Opt("--distributed", help="Multi-host: call "
                                      "jax.distributed.initialize() first; process 0 writes.")]
     = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Start afresh in a non-empty --out: "
+                                   "remove this command's files there first (sweep.json, "
+                                   "summary.csv, checkpoints/, the traces in traces/, "
+                                   "models/*.eqx); other files stay.")] = False,
     dry_run: Annotated[bool, Opt("--dry-run", help="Show the groups and memory estimates; "
                                  "run nothing.")] = False,
     json: Annotated[bool, Opt("--json", help="Print the sweep index on stdout.")] = False,
@@ -47,19 +51,30 @@ def sweep(
 
       sgdreg sweep grid.toml --devices 1 --dry-run
     """
+    if resume and out is None:
+        raise UsageProblem("--resume needs --out (the directory of the sweep to continue)")
+    check_int("--devices", devices, 1, 1 << 20)
+    check_int("--block", block, 1, 1 << 20)
+    if grid.exists() and not grid.is_file():
+        raise UsageProblem(f"{grid}: is a directory, not a sweep file")
+    dest = None if dry_run else output_dir(out, "sweep", overwrite=overwrite, resume=resume)
     if distributed:
         import jax
 
         jax.distributed.initialize()
     from sgdreg import sweep as sw
 
-    if resume and out is None:
-        raise UsageProblem("--resume needs --out (the directory of the sweep to continue)")
     g = sw.load_grid(grid)
     if dry_run:
         _show_plan(sw, g, devices, block, json)
         return
-    dest = out_dir(out, "sweep")
+    if resume:  # every state file checked before anything is printed or rewritten
+        sw.check_sweep_dir(g, dest, resume=True, block=block)
+    if overwrite:
+        from .app import make_output
+
+        make_output(dest, command="sweep")  # locked while the old sweep's files are removed
+        _clear_sweep(dest)
     plan_runs = len(g.runs())
     console.print(f"[bold]sweep[/] {g.name}: {plan_runs} runs → {dest}"
                   + (" (resuming)" if resume else ""))
@@ -79,6 +94,24 @@ def sweep(
     if json:
         emit_json(res.index)
     return 1 if any(r["status"] == "failed" for r in res.index["runs"]) else 0
+
+
+def _clear_sweep(dest: Path) -> None:
+    """``--overwrite``: remove what a sweep writes in ``dest`` (after every check passed)."""
+    import shutil
+
+    from .app import _is_trace
+
+    for name in ("sweep.json", "summary.csv"):
+        if (dest / name).is_file():
+            (dest / name).unlink()
+    if (dest / "checkpoints").is_dir():
+        shutil.rmtree(dest / "checkpoints")
+    for f in sorted((dest / "traces").glob("*.json")) if (dest / "traces").is_dir() else []:
+        if _is_trace(f):
+            f.unlink()
+    for f in sorted((dest / "models").glob("*.eqx")) if (dest / "models").is_dir() else []:
+        f.unlink()
 
 
 SCREEN = (("train_loss", "train L"), ("test_acc", "test acc"), ("gen_gap", "gen gap"),

@@ -78,6 +78,7 @@ def leaves_equal(a, b) -> bool:
 # ---------------------------------------------------------------- own CNN, every dynamics
 
 
+@pytest.mark.slow  # ~1-2 min: CI's second stage (pytest -m slow)
 def test_own_cnn_trains_under_every_dynamics_and_its_probe_hessian_is_the_dense_one(tmp_path):
     model, state = eqx.nn.make_with_state(CNN)(key=jax.random.key(0))
     data = cifar_like()

@@ -118,10 +118,10 @@ def test_settled_window_and_loss_increases():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(lrs=()), "--lr"), (dict(lrs=(0.1, -1.0)), "--lr"), (dict(lrs=(0.1, 0.1)), "distinct"),
-    (dict(optimizer="adam"), "--optimizer"), (dict(sharpness_every=7), "multiple"),
-    (dict(steps=0), "--steps"), (dict(settle_fraction=0.0), "--settle-fraction"),
-    (dict(momentum=1.0), "--momentum"), (dict(flow_time=-1.0), "--flow-time"),
+    (dict(lrs=()), "^lrs"), (dict(lrs=(0.1, -1.0)), "^lrs"), (dict(lrs=(0.1, 0.1)), "distinct"),
+    (dict(optimizer="adam"), "^optimizer"), (dict(sharpness_every=7), "multiple"),
+    (dict(steps=0), "^steps"), (dict(settle_fraction=0.0), "^settle_fraction"),
+    (dict(momentum=1.0), "^momentum"), (dict(flow_time=-1.0), "^flow_time"),
     # fields of RunConfig are named as arguments by the library (the CLI shows them as options)
     (dict(width=0), "^width must"), (dict(dtype="float16"), "^dtype must"),
 ])

@@ -272,35 +272,3 @@ def test_runs_train_concurrently_in_order_and_stop_interrupts_them():
     with pytest.raises(KeyboardInterrupt):
         timer(10, 10, {})
     assert len(rows) == 3  # the row is passed on before stopping
-
-
-def test_ctrl_c_during_a_concurrent_compare_leaves_interrupted_valid_traces(tmp_path):
-    """SIGINT while GD and SGD train concurrently: exit 130, one line saying so, and both traces
-    valid with status 'interrupted' (each run stops at its next logged row)."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from sgdreg.trace import load_trace
-
-    out = tmp_path / "cmp"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sgdreg", "compare", "--steps", "200000", "--width", "16",
-         "--no-curvature", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "SGDREG_NO_CACHE": "1"})
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "sgd_lr0.1_b16_s0.json").exists():  # both runs have started
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130
-    assert "sgdreg: interrupted; traces so far are marked 'interrupted'" in err
-    for name in ("gd_lr0.1_s0.json", "sgd_lr0.1_b16_s0.json"):
-        doc = load_trace(out / name)
-        assert doc["status"] == "interrupted" and len(doc["metrics"]["step"]) >= 1

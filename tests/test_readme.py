@@ -31,6 +31,7 @@ def x32():
         jax.config.update("jax_enable_x64", True)
 
 
+@pytest.mark.slow  # ~1-2 min: CI's second stage (pytest -m slow)
 def test_your_own_model_example_runs_and_writes_traces(tmp_path, monkeypatch, x32, capsys):
     code = section_code("Your own model")
     assert 15 <= len(code.strip().splitlines()) <= 40

@@ -108,6 +108,7 @@ FLOW_BASE = dict(dataset="digits", n_train=128, n_test=64, width=8, log_every=3,
                  dtype="float64")
 
 
+@pytest.mark.slow  # ~1-2 min: CI's second stage (pytest -m slow)
 def test_flow_runs_in_a_sweep_give_the_trace_of_train_alone(tmp_path):
     """Two flows with different h share one vmapped block (per optimizer) and each gives the
     trace of ``training.train`` alone (measured: ≤ 2e-14 relative, same solver step counts)."""

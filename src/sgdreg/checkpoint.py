@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import RunConfig
-from .errors import CheckpointError, PrecisionError
+from .errors import CheckpointError, PrecisionError, SgdregError
+from .jsonio import field_problems, parse_json
 from .trace import atomic_write_bytes, to_json_value
 
 SCHEMA = "sgdreg.checkpoint/1"
@@ -60,19 +61,36 @@ def save_tree(path: str | os.PathLike, tree, header: dict[str, Any] | None = Non
     atomic_write_bytes(path, buf.getvalue())
 
 
+#: Header field kinds (``jsonio.KINDS``; ``?``: null allowed), checked when present.
+HEADER_KINDS = {"schema": "str", "kind": "str", "model": "object?", "config": "object?",
+                "dataset": "object?", "input_shape": "int_list?", "out_size": "nonneg_int?"}
+MODEL_KINDS = {"class": "str", "structure_hash": "str?", "num_params": "nonneg_int",
+               "dtype": "str", "stateful": "bool"}
+
+
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of checkpoint ``path``: strict JSON, schema and field types checked;
+    ``CheckpointError`` naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
-    with open(path, "rb") as f:
-        line = f.readline()
     try:
-        head = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{path} is not an sgdreg checkpoint (no JSON header)") from None
+        with open(path, "rb") as f:
+            line = f.readline(1 << 20)  # the header is one short line; never read a blob whole
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror or e})") from None
+    try:
+        head = parse_json(line, path, "checkpoint header", error=CheckpointError)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; not an sgdreg checkpoint") from None
     if not isinstance(head, dict) or head.get("schema") != SCHEMA:
         raise CheckpointError(f"{path} is not an sgdreg checkpoint (schema "
                               f"{head.get('schema') if isinstance(head, dict) else None!r})")
+    problems = field_problems(head, HEADER_KINDS, required=("schema", "kind"))
+    if isinstance(head.get("model"), dict):
+        problems += field_problems(head["model"], MODEL_KINDS, prefix="model.")
+    if problems:
+        raise CheckpointError(f"{path}: not a valid {SCHEMA} header: {'; '.join(problems)}")
     return head
 
 
@@ -230,7 +248,7 @@ def _load_preset(path, head: dict, saved: dict):
 
     try:
         cfg = RunConfig(**head["config"])
-    except TypeError as e:
+    except (TypeError, SgdregError) as e:
         raise CheckpointError(f"{path}: saved config does not match this sgdreg ({e})") from None
     dtype = require_dtype(cfg.dtype)
     skeleton = eqx.filter_eval_shape(

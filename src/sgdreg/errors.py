@@ -32,9 +32,18 @@ class DataError(SgdregError, ValueError):
     """A data source that is missing, corrupt or of the wrong shape."""
 
 
-class TraceError(SgdregError, ValueError):
+class FileFormatError(SgdregError, ValueError):
+    """A file sgdreg reads that is missing, not strict JSON (``NaN``/``Infinity`` literals
+    included), or whose fields have the wrong type; the message names the file."""
+
+
+class TraceError(FileFormatError):
     """A trace file that is missing, not JSON, or not a valid sgdreg trace."""
 
 
-class CheckpointError(SgdregError, ValueError):
+class CheckpointError(FileFormatError):
     """A checkpoint file that is missing, corrupt or does not fit the given skeleton."""
+
+
+class LockError(SgdregError):
+    """An output directory another live sgdreg process is writing (its ``.sgdreg.lock``)."""

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import FileFormatError
+from .jsonio import load_json, require_fields
 from .trace import atomic_write_text, to_json_value, versions
 
 SCHEMA = "sgdreg.results/1"
@@ -31,16 +33,29 @@ def save_results(results_dir, experiment: str, config: dict, results: dict,
     return path
 
 
+#: Field kinds of a results document (``jsonio.KINDS``), all required.
+FIELD_KINDS = {"schema": "str", "experiment": "str", "config": "object", "versions": "object",
+               "wall_time_s": "number", "results": "object"}
+
+
 def load_document(results_dir, experiment: str) -> dict:
-    """The whole stored document of ``results_dir/<experiment>.json`` (schema checked;
-    FileNotFoundError naming the file when it is missing)."""
+    """The whole stored document of ``results_dir/<experiment>.json``: strict JSON, schema and
+    field types checked (``FileFormatError`` naming the file: not JSON, a ``NaN`` literal, not
+    an sgdreg results file, a field of the wrong type); FileNotFoundError naming the file when
+    it is missing."""
     path = Path(results_dir) / f"{experiment}.json"
     if not path.is_file():
         raise FileNotFoundError(f"no stored results {path}; run the experiment first")
-    doc = json.loads(path.read_text())
-    if doc.get("schema") != SCHEMA:
-        raise ValueError(f"{path} is not an sgdreg results file (schema {doc.get('schema')!r})")
-    return doc
+    return check_document(load_json(path, "results file"), path)
+
+
+def check_document(doc: Any, path: Any) -> dict:
+    """``doc`` if it is an ``sgdreg.results/1`` document; ``FileFormatError`` naming ``path``."""
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        found = doc.get("schema") if isinstance(doc, dict) else None
+        raise FileFormatError(f"{path} is not an sgdreg results file (schema {found!r}, "
+                              f"expected {SCHEMA!r})")
+    return require_fields(doc, FIELD_KINDS, path, f"{SCHEMA} file", required=tuple(FIELD_KINDS))
 
 
 def load_results(results_dir, experiment: str) -> dict:
@@ -69,4 +84,4 @@ def timed(fn: Callable[..., dict], *args, **kwargs) -> tuple[dict, float]:
     return out, time.perf_counter() - start
 
 
-__all__ = ["SCHEMA", "load_document", "load_results", "save_results", "sig", "timed"]
+__all__ = ["SCHEMA", "check_document", "load_document", "load_results", "save_results", "sig", "timed"]

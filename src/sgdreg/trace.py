@@ -13,6 +13,15 @@ Vector metrics (every ``layer_*`` metric: ``layer_norms``, ``layer_hessian_trace
 are written as ``null`` and ``status``/``status_detail`` say why. The file is rewritten
 atomically as rows arrive (at most once a second, and at every status change), so a crash loses
 at most the last second of rows and a reader never sees a partial file.
+
+Every trace written by ``TraceWriter`` also carries ``"writer": {"pid", "host", "started",
+"heartbeat"}`` (ISO-8601 UTC times; ``heartbeat`` refreshed at every write), kept in finished
+traces as provenance. ``is_stale`` uses it to recognise a ``running`` trace whose writer died
+(killed, crashed machine). Traces written before this field existed stay valid.
+
+Reading is strict (``load_trace``/``validate_trace``): ``NaN``/``Infinity`` literals, a field of
+the wrong type (``config`` not an object, ``seed`` not an integer, a metric value that is not a
+number, null or list, ...) make a ``TraceError`` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ import json
 import math
 import os
 import platform
+import socket
 import tempfile
 import time
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,6 +46,44 @@ REQUIRED = ("schema", "run_id", "status", "config", "versions", "device", "seed"
 
 
 from .errors import TraceError  # noqa: F401,E402
+from .jsonio import field_problems, load_json  # noqa: E402
+
+#: Top-level field kinds (``jsonio.KINDS``; ``?``: null allowed) checked when present.
+FIELD_KINDS = {
+    "schema": "str", "run_id": "str", "status": "str", "status_detail": "str?",
+    "diverged_step": "nonneg_int?", "config": "object", "dataset": "object?",
+    "versions": "object", "device": "object", "seed": "int", "wall_time_s": "number?",
+    "num_params": "nonneg_int?", "layers": "str_list?", "probes": "object", "summary": "object",
+    "provenance": "object?", "sweep": "object?", "writer": "object",
+}
+WRITER_KINDS = {"pid": "int", "host": "str", "started": "str", "heartbeat": "str"}
+#: A ``running`` trace written on another host is stale once its heartbeat is this old (its
+#: pid cannot be checked from here); generous: a heartbeat is refreshed at every write.
+STALE_AFTER_S = 3600.0
+#: A live process that started this long after the writer did cannot be the writer (pid reuse).
+PID_REUSE_SLACK_S = 60.0
+
+
+def utc_now() -> str:
+    """Now as ISO-8601 UTC, to the second (``2026-01-31T12:00:00+00:00``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def parse_time(text: Any) -> float | None:
+    """Epoch seconds of an ISO-8601 time (naive means UTC); None when it is not one."""
+    if not isinstance(text, str):
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def writer_info() -> dict[str, Any]:
+    """The ``writer`` record of this process: pid, host, start and heartbeat times."""
+    now = utc_now()
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": now, "heartbeat": now}
 
 
 def to_json_value(v: Any) -> Any:
@@ -128,7 +177,8 @@ class TraceWriter:
         self.min_interval_s = min_interval_s
         self._last_write = -math.inf
         self.doc = {"schema": SCHEMA, "status": "running", "status_detail": None,
-                    "diverged_step": None, "probes": {}, "summary": {}, **header}
+                    "diverged_step": None, "probes": {}, "summary": {}, **header,
+                    "writer": writer_info()}
         self.rows: list[dict[str, Any]] = []
 
     def append(self, row: dict[str, Any]) -> None:
@@ -155,42 +205,129 @@ class TraceWriter:
         now = time.monotonic()
         if self.path is None or (not force and now - self._last_write < self.min_interval_s):
             return
+        self.doc["writer"]["heartbeat"] = utc_now()
         atomic_write_json(self.path, self.to_dict(), indent=None)
         self._last_write = now
 
 
-def validate_trace(doc: Any) -> list[str]:
-    """Problems found in a loaded trace (empty list: valid)."""
-    if not isinstance(doc, dict):
-        return ["top level is not a JSON object"]
-    problems = [f"missing field {k!r}" for k in REQUIRED if k not in doc]
-    if doc.get("schema") not in (None, SCHEMA):
-        problems.append(f"schema is {doc.get('schema')!r}, expected {SCHEMA!r}")
-    if "status" in doc and doc["status"] not in STATUSES:
-        problems.append(f"status {doc['status']!r} not one of {', '.join(STATUSES)}")
-    metrics = doc.get("metrics")
-    if metrics is not None:
-        if not isinstance(metrics, dict) or "step" not in metrics:
-            problems.append("metrics must be an object with a 'step' column")
-        else:
-            lengths = {k: len(v) for k, v in metrics.items() if isinstance(v, list)}
-            if len(lengths) != len(metrics):
-                problems.append("every metrics column must be a list")
-            elif len(set(lengths.values())) > 1:
-                problems.append(f"metrics columns differ in length: {lengths}")
-            steps = metrics["step"]
-            if any(not isinstance(s, int) for s in steps) or steps != sorted(steps):
-                problems.append("metrics.step must be increasing integers")
-    if doc.get("status") == "diverged" and doc.get("diverged_step") is None:
-        problems.append("status 'diverged' without diverged_step")
+def _metric_value_ok(v: Any) -> bool:
+    """A metric cell: a number, a boolean (``lambda_max_converged``), null, or a (nested) list
+    of them (vector metrics)."""
+    if v is None or isinstance(v, (int, float)):
+        return True
+    return isinstance(v, list) and all(_metric_value_ok(x) for x in v)
+
+
+def _metrics_problems(metrics: Any) -> list[str]:
+    if not isinstance(metrics, dict) or "step" not in metrics:
+        return ["metrics must be an object with a 'step' column"]
+    bad_cols = [k for k, v in metrics.items() if not isinstance(v, list)]
+    if bad_cols:
+        return [f"every metrics column must be a list (metrics.{bad_cols[0]} is not)"]
+    problems = []
+    lengths = {k: len(v) for k, v in metrics.items()}
+    if len(set(lengths.values())) > 1:
+        problems.append(f"metrics columns differ in length: {lengths}")
+    steps = metrics["step"]
+    if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in steps) \
+            or any(a > b for a, b in zip(steps, steps[1:])):
+        problems.append("metrics.step must be increasing integers >= 0")
+    for name, col in metrics.items():
+        if name == "step":
+            continue
+        row = next((i for i, v in enumerate(col) if not _metric_value_ok(v)), None)
+        if row is not None:
+            problems.append(f"metrics.{name}[{row}] is {col[row]!r}: expected a number, boolean, "
+                            "null or a list of them")
     return problems
 
 
-def _read_json(path: Path) -> Any:
+def validate_trace(doc: Any) -> list[str]:
+    """Problems found in a loaded trace (empty list: valid): required fields, the type of every
+    known field, the status, the metrics columns (equal-length lists of numbers, booleans, nulls or lists;
+    ``step`` non-decreasing integers) and the ``writer`` record when present."""
+    if not isinstance(doc, dict):
+        return ["top level is not a JSON object"]
+    problems = [f"missing field {k!r}" for k in REQUIRED if k not in doc]
+    problems += field_problems(doc, FIELD_KINDS)
+    if isinstance(doc.get("schema"), str) and doc["schema"] != SCHEMA:
+        problems.append(f"schema is {doc.get('schema')!r}, expected {SCHEMA!r}")
+    if isinstance(doc.get("status"), str) and doc["status"] not in STATUSES:
+        problems.append(f"status {doc['status']!r} not one of {', '.join(STATUSES)}")
+    if "metrics" in doc:
+        problems += _metrics_problems(doc["metrics"])
+    if doc.get("status") == "diverged" and doc.get("diverged_step") is None:
+        problems.append("status 'diverged' without diverged_step")
+    writer = doc.get("writer")
+    if isinstance(writer, dict):
+        wp = field_problems(writer, WRITER_KINDS, required=tuple(WRITER_KINDS), prefix="writer.")
+        if not wp and writer["pid"] <= 0:
+            wp.append(f"writer.pid is {writer['pid']}, expected a process id > 0")
+        wp += [f"writer.{k} is {writer[k]!r}, expected an ISO-8601 time"
+               for k in ("started", "heartbeat")
+               if isinstance(writer.get(k), str) and parse_time(writer[k]) is None]
+        problems += wp
+    return problems
+
+
+def _pid_state(pid: int) -> tuple[bool, float | None]:
+    """(alive, start time in epoch seconds or None) of process ``pid`` on this host. A zombie
+    counts as dead; the start time comes from ``/proc`` (Linux) and is None elsewhere."""
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TraceError(f"{path} is not valid JSON ({e.__class__.__name__}: {e})") from None
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False, None
+    except PermissionError:
+        pass  # another user's process: alive
+    except OSError:
+        return False, None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] == "Z":
+            return False, None
+        btime = next(float(line.split()[1]) for line in Path("/proc/stat").read_text()
+                     .splitlines() if line.startswith("btime"))
+        return True, btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True, None
+
+
+def is_stale(doc: Any, *, now: float | None = None,
+             max_age_s: float = STALE_AFTER_S) -> str | None:
+    """Why a ``running`` trace's writer is known to be gone, or None (not running, alive, or
+    unknown: a trace without a ``writer`` record).
+
+    On the writer's host: its pid is not running (or is a zombie, or belongs to a process
+    started after the writer: a reused pid). On another host: the heartbeat is older than
+    ``max_age_s`` (``STALE_AFTER_S``, one hour; the heartbeat is refreshed at every write)."""
+    if not isinstance(doc, dict) or doc.get("status") != "running":
+        return None
+    w = doc.get("writer")
+    if not isinstance(w, dict) or field_problems(w, WRITER_KINDS, tuple(WRITER_KINDS)):
+        return None
+    pid, host = w["pid"], w["host"]
+    if host == socket.gethostname() and pid > 0:
+        alive, started_at = _pid_state(pid)
+        if not alive:
+            return f"writer pid {pid} is not running (trace left at 'running')"
+        began = parse_time(w["started"])
+        if started_at is not None and began is not None and \
+                started_at > began + PID_REUSE_SLACK_S:
+            return f"writer pid {pid} is not running (the pid now belongs to a later process)"
+        return None
+    beat = parse_time(w["heartbeat"])
+    if beat is None:
+        return None
+    age = (time.time() if now is None else now) - beat
+    if age > max_age_s:
+        return (f"writer pid {pid} on host {host} last wrote {age / 60:.0f} min ago "
+                f"(heartbeat {w['heartbeat']})")
+    return None
+
+
+def _read_json(path: Path, what: str = "trace") -> Any:
+    return load_json(path, what, error=TraceError)
 
 
 def load_trace(path: str | os.PathLike) -> dict[str, Any]:
@@ -251,7 +388,7 @@ def _scan(folder: Path) -> list[tuple[Path, dict]]:
         raise TraceError(f"no folder at {folder}")
     found = []
     for path in sorted(folder.rglob("*.json")):
-        doc = _read_json(path)
+        doc = _read_json(path, "JSON file")
         if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
             found.append((path, _checked(path, doc)))
     if not found:

@@ -191,10 +191,11 @@ def prepare(model: eqx.Module, dataset: Dataset, dynamics: dyn.AbstractDynamics,
 def build(cfg: RunConfig, dataset: Dataset | None = None, model: eqx.Module | None = None,
           state=None) -> Setup:
     """A ``RunConfig``'s setup: validated, data loaded, θ0 from ``cfg.seed`` (or ``model``)."""
-    validate(cfg)
+    given = dict(dataset_given=dataset is not None, model_given=model is not None)
+    validate(cfg, **given)
     dtype = dtype_of(cfg)
     ds = dataset if dataset is not None else load_data(cfg)
-    validate(cfg, ds.n_train)
+    validate(cfg, ds.n_train, **given)
     k_init = jax.random.split(jax.random.key(cfg.seed), 3)[0]
     preset = None
     if model is None:
@@ -275,11 +276,14 @@ def train(cfg: RunConfig, dataset: Dataset | None = None, *, trace_path=None,
     Example:
         >>> res = sgdreg.train(sgdreg.RunConfig(optimizer="sgd", lr=0.1, steps=500))  # doctest: +SKIP
     """
-    s = setup or build(cfg, dataset, model, state)
-    cfg = s.cfg
-    return _execute(s, steps=cfg.steps, log_every=cfg.log_every, lr=cfg.lr, seed=cfg.seed,
-                    probes=config_probes(s, probes), stop_loss=cfg.stop_loss,
-                    trace_path=trace_path, progress=progress, run_cfg={}, run_id=run_id(cfg))
+    from .engine import stop_scope
+
+    with stop_scope():  # a signal while building: execute sees STOP → 'interrupted' (0 rows)
+        s = setup or build(cfg, dataset, model, state)
+        cfg = s.cfg
+        return _execute(s, steps=cfg.steps, log_every=cfg.log_every, lr=cfg.lr, seed=cfg.seed,
+                        probes=config_probes(s, probes), stop_loss=cfg.stop_loss,
+                        trace_path=trace_path, progress=progress, run_cfg={}, run_id=run_id(cfg))
 
 
 def config_probes(s: Setup, probes: Sequence[Probe] = ()) -> list[Probe]:
@@ -300,8 +304,8 @@ def config_probes(s: Setup, probes: Sequence[Probe] = ()) -> list[Probe]:
 
 def _check_counts(**values):
     for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 2**31 - 1:
+            raise ConfigError(f"{name} must be an integer in 1..{2**31 - 1}, got {v!r}")
 
 
 def run(model: eqx.Module, data: Dataset | Sequence | dict, optimizer: Optimizer = "gd", *,
@@ -441,23 +445,54 @@ def _batch(optimizer, kwargs) -> int | None:
     return b
 
 
+RUN_ID_MAX = 96  # characters: far below any file system's name limit with ".json" added
+
+
+def _num(v) -> str:
+    """``v`` as the shortest text that reads back as exactly ``v``: ``:g`` when that is exact
+    (0.1, 1e-05), else the float's repr (0.1000001), so two different values never share a name."""
+    t = f"{v:g}"
+    return t if float(t) == float(v) else repr(float(v))
+
+
+def bounded_id(readable: str, full: dict | None = None, limit: int = RUN_ID_MAX) -> str:
+    """``readable`` if at most ``limit`` characters; else its first ``limit − 9`` characters, "-"
+    and 8 hex digits of the sha256 of ``full`` (the whole configuration, keys sorted; default
+    the readable text itself), so truncated names stay distinct."""
+    if len(readable) <= limit:
+        return readable
+    import hashlib
+    import json
+
+    text = json.dumps(full if full is not None else readable, sort_keys=True, default=repr)
+    return f"{readable[: limit - 9]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def _default_name(dynamics: dyn.AbstractDynamics, kwargs) -> str:
     """``<method>[_lr<h>][_b<B>][_l<ℓ>][_ln<δ>]_s<seed>``: h when known, B only for minibatch
-    methods, SVAG's ℓ, the label-noise strength δ when on."""
+    methods, SVAG's ℓ, the label-noise strength δ when on. Numbers are exact (``_num``: 0.1 and
+    0.1000001 give two names); a name longer than ``RUN_ID_MAX`` is cut and gets a hash of the
+    values (``bounded_id``)."""
     b = f"_b{dynamics.batch_size}" if dynamics.batch_size else ""
     b += f"_l{dynamics.amplification}" if hasattr(dynamics, "amplification") else ""
-    b += f"_ln{kwargs['label_noise']:g}" if kwargs.get("label_noise") else ""
-    lr = f"_lr{kwargs['lr']:g}" if np.isfinite(kwargs["lr"]) else ""
-    return f"{dynamics.name}{lr}{b}_s{kwargs['seed']}"
+    b += f"_ln{_num(kwargs['label_noise'])}" if kwargs.get("label_noise") else ""
+    lr = f"_lr{_num(kwargs['lr'])}" if np.isfinite(kwargs["lr"]) else ""
+    return bounded_id(f"{dynamics.name}{lr}{b}_s{kwargs['seed']}",
+                      {"name": dynamics.name, **{k: repr(v) for k, v in kwargs.items()}})
 
 
 def run_id(cfg: RunConfig) -> str:
     """``<optimizer>_lr<h>[_b<B>][_l<ℓ>][_ln<δ>]_s<seed>``: B only for minibatch methods (as
-    ``_default_name``), SVAG's ℓ, the label-noise strength δ when on."""
+    ``_default_name``), SVAG's ℓ, the label-noise strength δ when on.
+
+    Unique and bounded: numbers are written exactly (``_num``: ``lr0.1`` and ``lr0.1000001``),
+    so runs that differ in these fields get different ids; the hash is appended only when the
+    readable id would exceed ``RUN_ID_MAX`` characters (then it is cut and 8 hex digits of the
+    sha256 of the full sorted config disambiguate, ``bounded_id``)."""
     b = "" if cfg.full_batch else f"_b{cfg.batch_size}"
     b += f"_l{cfg.svag_amplification}" if cfg.optimizer == "svag" else ""
-    b += f"_ln{cfg.label_noise:g}" if cfg.label_noise else ""
-    return f"{cfg.optimizer}_lr{cfg.lr:g}{b}_s{cfg.seed}"
+    b += f"_ln{_num(cfg.label_noise)}" if cfg.label_noise else ""
+    return bounded_id(f"{cfg.optimizer}_lr{_num(cfg.lr)}{b}_s{cfg.seed}", cfg.to_dict())
 
 
 SUMMARY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "gen_gap", "acc_gap",

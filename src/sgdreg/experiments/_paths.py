@@ -127,11 +127,15 @@ def log_steps(num_steps: int, n_log: int, spacing: str = "linear") -> list[int]:
     return sorted({round(j * num_steps / n) for j in range(n + 1)})
 
 
-def steps_for(time: float, lr: float, option: str = "--time") -> int:
+def steps_for(time: float, lr: float, option: str = "time") -> int:
     """K with K·h = T; ConfigError unless T is a whole number of steps of h."""
+    if not (math.isfinite(time) and time > 0):
+        raise ConfigError(f"{option} must be a finite number > 0, got {time:g}")
     k = round(time / lr)
     if k < 1 or abs(k * lr - time) > 1e-9 * max(time, 1.0):
         raise ConfigError(f"{option} {time:g} must be a positive whole number of steps of lr={lr:g}")
+    if k > 2**31 - 1:  # the engine's int32 step counter
+        raise ConfigError(f"{option} {time:g} means {k} steps of lr={lr:g}; at most {2**31 - 1}")
     return k
 
 
@@ -195,11 +199,11 @@ def read_results(results_dir: str | Path, experiment: str) -> dict:
     return {"config": doc["config"], **doc["results"], "wall_time_s": doc["wall_time_s"]}
 
 
-def validate_lrs(lrs: Sequence[float], option: str = "--lr") -> list[float]:
+def validate_lrs(lrs: Sequence[float], option: str = "lrs") -> list[float]:
     lrs = [float(h) for h in lrs]
     if not lrs:
         raise ConfigError(f"{option}: give at least one step size")
     for h in lrs:
         if not (h > 0 and math.isfinite(h)):
-            raise ConfigError(f"{option} must be > 0, got {h:g}")
+            raise ConfigError(f"{option} must be finite numbers > 0, got {h:g}")
     return lrs

@@ -76,30 +76,30 @@ def _check(lrs, optimizer, momentum, steps, sharpness_every, log_every, lanczos_
            settle_fraction, flow_time) -> list[float]:
     lrs = [float(h) for h in lrs]
     if not lrs:
-        raise ConfigError("--lr: give at least one step size")
+        raise ConfigError("lrs: give at least one step size")
     for h in lrs:
         if not (h > 0 and math.isfinite(h)):
-            raise ConfigError(f"--lr must be > 0, got {h:g}")
+            raise ConfigError(f"lrs must be finite numbers > 0, got {h:g}")
     if len(set(lrs)) != len(lrs):
-        raise ConfigError("--lr: step sizes must be distinct")
+        raise ConfigError("lrs: step sizes must be distinct")
     if optimizer not in EOS_OPTIMIZERS:
-        raise ConfigError(f"--optimizer: unknown value {optimizer!r}; allowed: "
+        raise ConfigError(f"optimizer: unknown value {optimizer!r}; allowed: "
                           f"{', '.join(EOS_OPTIMIZERS)} (full batch)")
-    for name, v in (("--steps", steps), ("--sharpness-every", sharpness_every),
-                    ("--log-every", log_every)):
+    for name, v in (("steps", steps), ("sharpness_every", sharpness_every),
+                    ("log_every", log_every)):
         if int(v) != v or v < 1:
             raise ConfigError(f"{name} must be a positive integer, got {v}")
     if sharpness_every % log_every:
-        raise ConfigError(f"--sharpness-every ({sharpness_every}) must be a multiple of "
-                          f"--log-every ({log_every})")
+        raise ConfigError(f"sharpness_every ({sharpness_every}) must be a multiple of "
+                          f"log_every ({log_every})")
     if lanczos_steps < 2:
-        raise ConfigError(f"--lanczos-steps must be ≥ 2, got {lanczos_steps}")
+        raise ConfigError(f"lanczos_steps must be ≥ 2, got {lanczos_steps}")
     if not 0 < settle_fraction <= 1:
-        raise ConfigError(f"--settle-fraction must be in (0, 1], got {settle_fraction:g}")
+        raise ConfigError(f"settle_fraction must be in (0, 1], got {settle_fraction:g}")
     if flow_time is not None and not (flow_time > 0 and math.isfinite(flow_time)):
-        raise ConfigError(f"--flow-time must be > 0, got {flow_time:g}")
+        raise ConfigError(f"flow_time must be > 0, got {flow_time:g}")
     if not 0 <= momentum < 1:
-        raise ConfigError(f"--momentum must be in [0, 1), got {momentum:g}")
+        raise ConfigError(f"momentum must be in [0, 1), got {momentum:g}")
     return sorted(lrs)
 
 

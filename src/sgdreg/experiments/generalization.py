@@ -49,7 +49,8 @@ import numpy as np
 import pandas as pd
 
 from ..correlation import granulated_psi, percentile_ci, psi_bootstrap, rank_measures, resample_indices
-from ..errors import SgdregError
+from ..errors import FileFormatError, SgdregError
+from ..jsonio import load_json
 from ..trace import SCHEMA as TRACE_SCHEMA
 from ..trace import atomic_write_json, to_json_value, validate_trace
 from ._common import Progress, say
@@ -107,8 +108,9 @@ def find_runs(run_dir: str | Path) -> list[tuple[RunFiles, dict | str]]:
     out = []
     for path in sorted(folder.glob("*.json")):
         try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            doc = load_json(path, "JSON file")
+        except FileFormatError as e:  # a corrupt file in a run folder is reported, not skipped
+            out.append((RunFiles(path.stem, path, models / f"{path.stem}.eqx"), str(e)))
             continue
         if not isinstance(doc, dict) or doc.get("schema") != TRACE_SCHEMA:
             continue
@@ -139,8 +141,8 @@ def steps_to_loss(doc: dict, target: float | None) -> int | None:
 def resolve_target(docs: Sequence[dict], target_loss: float | None = None) -> float | None:
     """L*: ``target_loss`` if given, else the runs' common ``stop_loss`` (None if none has one)."""
     if target_loss is not None:
-        if not target_loss > 0:
-            raise StudyError(f"--target-loss must be > 0, got {target_loss:g}")
+        if not (target_loss > 0 and math.isfinite(target_loss)):
+            raise StudyError(f"target_loss must be a finite number > 0, got {target_loss:g}")
         return float(target_loss)
     stops = sorted({d["config"].get("stop_loss") for d in docs} - {None})
     if len(stops) > 1:
@@ -263,8 +265,12 @@ def _cached(run_dir: Path, options: dict, target: float | None) -> dict[str, dic
     """Rows of a previous measures.json computed with the same options and L*, by run."""
     path = run_dir / MEASURES_FILE
     try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        old = load_json(path, "measures file")
+    except FileFormatError:  # missing or corrupt: a cache, recomputed
+        return {}
+    if not isinstance(old, dict) or not isinstance(old.get("runs"), list) \
+            or not all(isinstance(r, dict) and isinstance(r.get("run_id"), str)
+                       for r in old["runs"]):
         return {}
     if (old.get("schema") != MEASURES_SCHEMA or old.get("options") != to_json_value(options)
             or old.get("target_loss") != target):
@@ -329,8 +335,8 @@ def _check_usable(rows: list[dict], target: float | None, gap: str | None) -> No
                          + f"): {why}" + (" ..." if len(rows) > 3 else ""))
     if gap is not None and all(r.get(gap) is None for r in kept):
         other = [g for g in GAPS if g != gap][0]
-        raise StudyError(f"--gap {gap}: the runs have no {gap} (regression has no accuracy); "
-                         f"use --gap {other}")
+        raise StudyError(f"gap {gap}: the runs have no {gap} (regression has no accuracy); "
+                         f"use {other}")
 
 
 # ---------------------------------------------------------------- ranking
@@ -390,10 +396,7 @@ def rank(df: pd.DataFrame, measures: Sequence[str], gap: str, hps: Sequence[str]
          num_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> list[dict]:
     """``rank_measures`` rows (τ, CI, counts; sorted by |τ|) with Ψ, ``psi_ci`` and ψ_i over
     ``hps``, the seed defining the groups; plus the measure's ``family``."""
-    if not 0.0 < level < 1.0:
-        raise StudyError(f"--level must lie in (0, 1), got {level:g}")
-    if num_resamples < 0:
-        raise StudyError(f"--resamples must be ≥ 0, got {num_resamples}")
+    check_options(num_resamples=num_resamples, level=level)
     rows = rank_measures(df, measures, gap, None, num_resamples, level, seed)
     group_by = ["seed"] if df["seed"].nunique(dropna=False) > 1 else []
     idx = resample_indices(len(df), num_resamples, seed)  # the resamples of rank_measures
@@ -413,6 +416,25 @@ def rank(df: pd.DataFrame, measures: Sequence[str], gap: str, hps: Sequence[str]
     return rows
 
 
+MAX_RESAMPLES = 10**7
+
+
+def check_options(*, gap: str = DEFAULT_GAP, target_loss: float | None = None,
+                  num_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> None:
+    """The study's options, checked before any measure is computed: one-line StudyError naming
+    the argument."""
+    if gap not in GAPS:
+        raise StudyError(f"gap must be one of {', '.join(GAPS)}, got {gap!r}")
+    if target_loss is not None and not (target_loss > 0 and math.isfinite(target_loss)):
+        raise StudyError(f"target_loss must be a finite number > 0, got {target_loss:g}")
+    if not (math.isfinite(level) and 0.0 < level < 1.0):
+        raise StudyError(f"level must lie in (0, 1), got {level:g}")
+    if not 0 <= num_resamples <= MAX_RESAMPLES:
+        raise StudyError(f"num_resamples must be in 0..{MAX_RESAMPLES}, got {num_resamples}")
+    if not 0 <= seed <= 2**32 - 1:
+        raise StudyError(f"seed must be in 0..{2**32 - 1}, got {seed}")
+
+
 def correlate(run_dir: str | Path, *, gap: str = DEFAULT_GAP, target_loss: float | None = None,
               recompute: bool = False, measures: Sequence[str] | None = None,
               num_resamples: int = 1000, level: float = 0.95, seed: int = 0,
@@ -421,8 +443,8 @@ def correlate(run_dir: str | Path, *, gap: str = DEFAULT_GAP, target_loss: float
     correlation.json there and returns the latter: ``gap``, ``target_loss``, ``hyperparams``,
     ``num_runs``, ``num_kept``, ``discarded`` (run, reason), ``train_loss_range`` of the kept
     runs, ``ranking`` (``rank`` rows) and the bootstrap settings."""
-    if gap not in GAPS:
-        raise StudyError(f"--gap must be one of {', '.join(GAPS)}, got {gap!r}")
+    check_options(gap=gap, target_loss=target_loss, num_resamples=num_resamples, level=level,
+                  seed=seed)
     run_dir = Path(run_dir)
     start = time.perf_counter()
     table = measure_table(run_dir, target_loss=target_loss, recompute=recompute, gap=gap,

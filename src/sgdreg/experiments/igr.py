@@ -96,17 +96,17 @@ def backward_error_check(cfg: RunConfig, lrs: Sequence[float] = (0.2, 0.1, 0.05)
     """
     lrs = sorted(validate_lrs(lrs), reverse=True)
     if not (time > 0 and math.isfinite(time)):
-        raise ConfigError(f"--time must be > 0, got {time:g}")
+        raise ConfigError(f"time must be a finite number > 0, got {time:g}")
     if n_log < 1:
-        raise ConfigError(f"--n-log must be ≥ 1, got {n_log}")
+        raise ConfigError(f"n_log must be ≥ 1, got {n_log}")
     egr_lr = min(lrs) / 4 if egr_lr is None else float(egr_lr)
     if egr_lr < 0:
-        raise ConfigError(f"--egr-lr must be ≥ 0, got {egr_lr:g}")
+        raise ConfigError(f"egr_lr must be ≥ 0, got {egr_lr:g}")
     if egr_lr >= min(lrs):
-        raise ConfigError(f"--egr-lr must be below every step size h (μ = (h − s)/4 > 0), got "
+        raise ConfigError(f"egr_lr must be below every step size h (μ = (h − s)/4 > 0), got "
                           f"{egr_lr:g} ≥ {min(lrs):g}")
     ks = {h: steps_for(time, h) for h in lrs}
-    k_small = steps_for(time, egr_lr, "--time (with --egr-lr)") if egr_lr else 0
+    k_small = steps_for(time, egr_lr, "time (with egr_lr)") if egr_lr else 0
     start = _time.perf_counter()
     s = build(cfg, dataset, model)
     theta0 = flat(s.params0)
@@ -229,7 +229,7 @@ def sgd_epoch_check(cfg: RunConfig, lrs: Sequence[float] = (0.02, 0.01, 0.005), 
     s = build(cfg, dataset)
     n, m = s.dataset.n_train, s.dataset.n_train // max(batch_size, 1)
     if batch_size < 1 or m < 2:
-        raise ConfigError(f"--batch-size must give at least 2 minibatches, got {batch_size}")
+        raise ConfigError(f"batch_size must give at least 2 minibatches, got {batch_size}")
     part = np.random.default_rng(cfg.seed).permutation(n)[: m * batch_size]
     # the flows see exactly the partitioned data (drops n − m·B examples when B ∤ n)
     data = dyn.Data(s.data.x_train[part], s.data.y_train[part], s.data.x_test, s.data.y_test)
@@ -321,18 +321,20 @@ def two_param_example(lrs: Sequence[float] = TWO_PARAM_LRS, *, h_small: float = 
     """
     lrs = sorted(validate_lrs(lrs))
     for name, v in (("h_small", h_small), ("h_moderate", h_moderate)):
-        validate_lrs([v], f"--{name.replace('_', '-')}")
+        validate_lrs([v], name)
     if not h_small < h_moderate:
-        raise ConfigError(f"--h-small must be below --h-moderate (EGR μ = (h_moderate − h_small)/4"
+        raise ConfigError(f"h_small must be below h_moderate (EGR μ = (h_moderate − h_small)/4"
                           f" > 0), got {h_small:g} ≥ {h_moderate:g}")
     if not (time > 0 and math.isfinite(time)):
-        raise ConfigError(f"--time must be > 0, got {time:g}")
+        raise ConfigError(f"time must be a finite number > 0, got {time:g}")
     if not (x != 0 and y / x > 0):
         raise ConfigError("the two-parameter example needs y/x > 0 (minima on ab = y/x)")
     lam0 = two_param_lambda_max(a0, b0, x, y)
     h_stable = 2 / lam0
     h_unstable = max(lrs) if max(lrs) >= h_stable else None
     ks = {h: math.ceil(time / h - 1e-9) for h in {*lrs, h_small, h_moderate}}  # t ≥ time
+    if max(ks.values()) > 2**31 - 1:  # the engine's int32 step counter
+        raise ConfigError(f"time {time:g} means {max(ks.values())} steps; at most {2**31 - 1}")
     start = _time.perf_counter()
     cfg = RunConfig(dataset="two-param", model="two-param", loss="mse", dtype="float64",
                     rtol=1e-10, atol=1e-12, lr=h_moderate, steps=ks[h_moderate])
@@ -449,11 +451,11 @@ def igr_sweep(base: RunConfig, lrs: Sequence[float] = SWEEP_LRS,
     lrs = sorted(validate_lrs(lrs))
     widths = [int(w) for w in widths]
     if not widths or min(widths) < 1:
-        raise ConfigError("--width: give positive integers")
+        raise ConfigError("widths: give positive integers")
     seeds = [base.seed] if seeds is None else [int(v) for v in seeds]
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ConfigError(f"seeds: give distinct non-negative integers, got {seeds}")
-    for name, v in (("--time", time), ("--target-loss", target_loss), ("--log-every", log_every)):
+    for name, v in (("time", time), ("target_loss", target_loss), ("log_every", log_every)):
         if not (v > 0 and math.isfinite(v)):
             raise ConfigError(f"{name} must be > 0, got {v:g}")
     le = int(log_every)

@@ -76,18 +76,18 @@ def min_norm_kernel(ds: Dataset, kernel: str = "rbf", bandwidth: float | None = 
     from ..kernels import KERNELS, kernel_interpolate, preprocessing_norm_table, random_label_norms
 
     if kernel not in KERNELS:
-        raise ConfigError(f"--kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        raise ConfigError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
     if bandwidth is not None and not bandwidth > 0:
-        raise ConfigError(f"--bandwidth must be > 0, got {bandwidth:g}")
+        raise ConfigError(f"bandwidth must be a finite number > 0, got {bandwidth:g}")
     d = int(np.prod(ds.input_shape))
     if kernel == "linear" and ds.n_train > d:
         raise ConfigError(f"a linear kernel cannot interpolate n = {ds.n_train} points in d = {d} "
-                          "dimensions (n > d); use --kernel rbf or --n-train ≤ d")
+                          "dimensions (n > d); use kernel rbf or n_train ≤ d")
     if gd_n is not None and not 1 <= gd_n <= min(d, ds.n_train):
-        raise ConfigError(f"--gd-n must be in 1..{min(d, ds.n_train)} (GD reaches the min-norm "
+        raise ConfigError(f"gd_n must be in 1..{min(d, ds.n_train)} (GD reaches the min-norm "
                           f"interpolant only when n ≤ d = {d}), got {gd_n}")
     if gd_steps < 1:
-        raise ConfigError(f"--gd-steps must be ≥ 1, got {gd_steps}")
+        raise ConfigError(f"gd_steps must be ≥ 1, got {gd_steps}")
     out: dict[str, Any] = {"interpolation": kernel_interpolate(ds, kernel, bandwidth).as_dict()}
     i = out["interpolation"]
     say(progress, f"{kernel} interpolation: train error {i['train_error']:.3g}, test error "

@@ -32,13 +32,13 @@ def randomization_variants(corruptions: Sequence[float] = CORRUPTIONS,
     out = []
     for p in sorted(set(corruptions)):
         if not 0 <= p <= 1:
-            raise ConfigError(f"--corruptions must lie in [0, 1], got {p:g}")
+            raise ConfigError(f"corruptions must lie in [0, 1], got {p:g}")
         name = "true labels" if p == 0 else "random labels" if p == 1 else f"corrupt p={p:g}"
         kind = "none" if p == 0 else "random-labels" if p == 1 else "label-corruption"
         out.append({"variant": name, "kind": kind, "p": float(p)})
     for kind in inputs:
         if kind not in INPUT_KINDS:
-            raise ConfigError(f"--inputs: unknown {kind!r}; allowed: {', '.join(INPUT_KINDS)}")
+            raise ConfigError(f"inputs: unknown {kind!r}; allowed: {', '.join(INPUT_KINDS)}")
         out.append({"variant": kind.replace("-", " "), "kind": kind, "p": None})
     return out
 
@@ -56,7 +56,7 @@ def randomization_test(cfg: RunConfig, corruptions: Sequence[float] = CORRUPTION
 
     variants = randomization_variants(corruptions, inputs)
     if not seeds:
-        raise ConfigError("--seeds: give at least one seed")
+        raise ConfigError("seeds: give at least one seed")
     validate(cfg)
     clean = load_data(cfg.replace(randomization="none"))
     if not clean.num_classes:
@@ -126,11 +126,11 @@ def expressivity_test(ds: Dataset, n: int, cfg: RunConfig, multiples: Sequence[f
     from ..training import train
 
     if not 1 <= n <= ds.n_train:
-        raise ConfigError(f"--n must be in 1..{ds.n_train} for {ds.name}, got {n}")
+        raise ConfigError(f"n must be in 1..{ds.n_train} for {ds.name}, got {n}")
     if not ds.num_classes:
         raise ConfigError("expressivity needs a classification dataset (random class labels)")
     if any(not m > 0 for m in multiples):
-        raise ConfigError("--multiples must be > 0")
+        raise ConfigError("multiples must be finite numbers > 0")
     validate(cfg)
     report = expressivity_report(ds, n=n, labels="random", seed=seed)
     data = randomize(subsample(ds, n_train=n), "random-labels", seed=seed)  # the same labels

@@ -3,7 +3,6 @@ stored ``correlation.json`` only."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..experiments.generalization import CORRELATION_FILE, FAMILIES
+from ..jsonio import load_json, require_fields
 from .common import save, setup
 
 
@@ -25,7 +25,11 @@ def render_generalization(results_dir: str | Path, out_path: str | Path) -> list
     if not path.is_file():
         raise FileNotFoundError(f"no {CORRELATION_FILE} in {results_dir}; run `sgdreg correlate` "
                                 "or experiments/generalization_measures.py first")
-    return ranking_figure(json.loads(path.read_text()), out_path)
+    doc = require_fields(load_json(path, "correlation results"),
+                         {"ranking": "list", "hyperparams": "list", "gap": "str",
+                          "level": "number"}, path, "correlation results",
+                         required=("ranking", "hyperparams", "gap", "level"))
+    return ranking_figure(doc, out_path)
 
 
 def ranking_figure(doc: dict, out_path: str | Path) -> list[Path]:

@@ -72,7 +72,15 @@ JSON naming both (atomic: the commit point) → older state files removed. Trace
 table are views of the commits, rewritten atomically when a group finishes and otherwise at most
 every ``run.VIEW_EVERY_S`` seconds. ``resume=True`` reloads each group's last commit and
 continues; finished groups are kept as they are, so a finished run is never lost or re-run; a
-group with no commit restarts. A resumed run is bit-identical to an uninterrupted one.
+group with no commit restarts. A resumed run is bit-identical to an uninterrupted one. Every
+committed file (index, group files, rows, state-file headers) is read and checked before
+anything is written, so a bad one fails with one line naming it and changes nothing; resuming a
+finished sweep changes no file at all. The index's ``wall_time_s`` sums the sessions.
+
+One writer at a time: ``run_sweep`` holds ``out_dir``'s lock (``sgdreg.locking``; another
+live writer gets ``LockError``). Between chunks it honours ``engine.STOP`` (the CLI's SIGINT and
+SIGTERM): the unfinished runs' traces and the index are marked ``interrupted`` and
+KeyboardInterrupt is raised; ``--resume`` continues from the last commit.
 """
 
 from .grid import SHORT as SHORT
@@ -100,6 +108,7 @@ from .run import VIEW_EVERY_S as VIEW_EVERY_S
 from .run import ProgressFn as ProgressFn
 from .run import RunConsts as RunConsts
 from .run import SweepResult as SweepResult
+from .run import check_sweep_dir as check_sweep_dir
 from .run import run_sweep as run_sweep
 from .run import select_devices as select_devices
 from .run import summary_table as summary_table

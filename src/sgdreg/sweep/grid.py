@@ -69,15 +69,18 @@ def parse_grid(doc: Mapping[str, Any], name: str = "sweep") -> Grid:
         if k in base:
             raise ConfigError(f"{k!r} is in both [base] and [grid]; keep it in one")
         axes[k] = [_coerce("grid", k, x) for x in values]
+        dup = next((x for j, x in enumerate(axes[k]) if x in axes[k][:j]), None)
+        if dup is not None:  # two runs of one configuration
+            raise ConfigError(f"[grid] {k}: {dup!r} is given twice; give each value once")
     grid = Grid(str(doc.get("name", name)), base, axes)
     for i, (over, cfg) in enumerate(grid.runs()):
-        try:
-            validate(cfg)
-        except ConfigError as e:
-            raise ConfigError(f"grid run {i} ({label(over)}): {e}") from None
         if cfg.corruption > 0 and cfg.randomization == "none":
             raise ConfigError("corruption has no effect with randomization = \"none\"; set "
                               "randomization = \"label-corruption\" in [base]")
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"grid run {i} ({label(over)[:60]}): {e}") from None
     return grid
 
 

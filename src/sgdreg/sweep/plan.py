@@ -82,6 +82,18 @@ def static_key(cfg: RunConfig, ds: Dataset) -> tuple:
     return tuple(sorted(d.items())) + (shapes,)
 
 
+RUN_LABEL_MAX = 80  # characters of the grid-value label in a run id
+
+
+def sweep_run_id(i: int, over: dict[str, Any]) -> str:
+    """``r<i:04d>_<label>``: unique by the run's index, bounded (a grid value of any length
+    still gives a valid file name): a label longer than ``RUN_LABEL_MAX`` is cut and 8 hex
+    digits of the sha256 of the run's grid values (keys sorted) appended."""
+    from ..training import bounded_id
+
+    return f"r{i:04d}_{bounded_id(label(over), to_json_value(over), RUN_LABEL_MAX)}"
+
+
 def plan_sweep(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig]) -> Plan:
     """Expand the grid, load each distinct dataset once, validate and group the runs."""
     from ..training import load_data
@@ -96,7 +108,7 @@ def plan_sweep(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig]) -
             validate(cfg, datasets[key].n_train)
         except ConfigError as e:
             raise ConfigError(f"grid run {i} ({label(over)}): {e}") from None
-        runs.append(Run(i, f"r{i:04d}_{label(over)}", cfg, to_json_value(over), key))
+        runs.append(Run(i, sweep_run_id(i, over), cfg, to_json_value(over), key))
     groups: list[Group] = []
     by_key: dict[tuple, Group] = {}
     for r in runs:

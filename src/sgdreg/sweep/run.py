@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -20,9 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import dynamics as dyn
-from ..checkpoint import CheckpointError, load_tree, save_model, save_tree
+from .. import engine
+from ..checkpoint import CheckpointError, load_tree, read_header, save_model, save_tree
 from ..config import ConfigError, RunConfig
 from ..engine import advance_chunk, host_metrics
+from ..jsonio import load_checked, load_json, read_json_lines
+from ..locking import output_lock
 from ..models import layer_names, num_params
 from ..trace import TraceWriter, atomic_write_text, device_info, to_json_value, versions
 from .grid import Grid
@@ -36,6 +40,14 @@ VIEW_EVERY_S = 5.0  # traces and index are rewritten at most this often (and at 
 SUMMARY_COLUMNS = ("train_loss", "test_loss", "train_acc", "test_acc", "gen_gap", "weight_norm",
                    "steps_to_fit")
 ProgressFn = Callable[[dict[str, Any]], None]
+#: Field kinds of a group commit (``jsonio.KINDS``), all required.
+GROUP_SPEC = {"schema": "str", "group": "nonneg_int", "runs": "int_list", "block": "int",
+              "step": "nonneg_int", "chunk": "int", "finished": "bool", "state_file": "str?",
+              "rows_bytes": "nonneg_int", "wall_time_s": "number", "run_status": "list"}
+RUN_STATUSES = ("running", "completed", "diverged", "failed")
+#: Field kinds of the index checked on resume.
+INDEX_SPEC = {"schema": "str", "grid": "object", "status": "str", "runs": "list",
+              "wall_time_s": "number"}
 
 
 # ---------------------------------------------------------------- devices
@@ -172,8 +184,30 @@ def run_sweep(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig],
     if distributed and not jax.distributed.is_initialized():
         jax.distributed.initialize()
     plan = plan_sweep(grid)
-    return _Sweep(plan, Path(out_dir), resume, select_devices(devices), progress,
-                  save_models, block).run()
+    devs = select_devices(devices)
+    if jax.process_index() != 0:  # only process 0 writes (and locks)
+        return _Sweep(plan, Path(out_dir), resume, devs, progress, save_models, block).run()
+    with output_lock(out_dir, "sweep"):
+        return _Sweep(plan, Path(out_dir), resume, devs, progress, save_models, block).run()
+
+
+def check_sweep_dir(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig],
+                    out_dir: str | os.PathLike, resume: bool = False,
+                    block: int | None = None) -> None:
+    """The checks ``run_sweep`` makes on ``out_dir`` before it writes anything, without running
+    or writing (for a validation pass): another live process's lock, an existing sweep without
+    ``resume``, a different grid, and with ``resume`` every committed group file, rows file and
+    state-file header. Raises what ``run_sweep`` would (one line naming the file)."""
+    from ..locking import check_unlocked
+
+    out = Path(out_dir)
+    check_unlocked(out)
+    if not out.exists():
+        return
+    s = _Sweep(plan_sweep(grid), out, resume, select_devices(1), None, False, block)
+    if resume:
+        for g in s.plan.groups:
+            s._load(g)
 
 
 class _Sweep:
@@ -194,6 +228,8 @@ class _Sweep:
         self.start = time.perf_counter()
         self.last_views = -float("inf")
         self.status = "running"
+        self.old_index: dict | None = None  # the index of the sweep being resumed
+        self.io = threading.Lock()  # one writer of the views at a time (the loop, or abort)
         self._check_out_dir()
 
     def _block(self, g: Group) -> int:
@@ -216,7 +252,9 @@ class _Sweep:
         if not self.resume:
             raise ConfigError(f"{self.out} already holds a sweep; pass --resume to continue it "
                               "or choose another --out")
-        old = json.loads(index.read_text())
+        old = load_checked(index, "sweep index", INDEX_SPEC, schema=INDEX_SCHEMA,
+                           required=("grid", "status", "runs"), error=CheckpointError)
+        self.old_index = old
         if old.get("grid") != to_json_value(self.plan.grid.to_dict()):
             raise ConfigError(f"--resume: the grid differs from the one of the sweep in "
                               f"{self.out}; use the same grid file or another --out")
@@ -224,24 +262,65 @@ class _Sweep:
     # ---- the whole sweep
 
     def run(self) -> SweepResult:
-        if self.writer:
-            self.out.mkdir(parents=True, exist_ok=True)
+        # everything committed is read and checked before any file is written: a bad state
+        # file fails with one line and leaves the sweep as it was
         for g in self.plan.groups:
             self.metas[g.id] = self._load(g) if self.resume else None
-        self._views([g for g in self.plan.groups if self.metas[g.id] is not None])
+        if self._finished_before():
+            return self._as_found()  # a finished sweep: resuming it changes nothing
+        if self.writer:
+            self.out.mkdir(parents=True, exist_ok=True)
+        # the traces of groups finished before this resume, for the index (not rewritten)
+        self._views([g for g in self.plan.groups if (self.metas[g.id] or {}).get("finished")],
+                    write=False)
         try:
-            for g in self.plan.groups:
-                meta = self.metas[g.id]
-                if meta is None or not meta["finished"]:
-                    self._run_vmap(g)
+            with engine.stoppable(self._abort):
+                for g in self.plan.groups:
+                    meta = self.metas[g.id]
+                    if meta is None or not meta["finished"]:
+                        engine.check_stop()
+                        self._run_vmap(g)
         except KeyboardInterrupt:
-            self.status = "interrupted"
-            self._views([g for g in self.plan.groups
-                         if self.metas[g.id] is not None and not self.metas[g.id]["finished"]])
+            with self.io:
+                self.status = "interrupted"
+                self._views(self._unfinished())
             raise
         self.status = "completed"
-        index = self._views([])
+        with self.io:
+            index = self._views([])
         return SweepResult(self.out, index, [self.docs[r.index] for r in self.plan.runs])
+
+    def _unfinished(self) -> list[Group]:
+        return [g for g in self.plan.groups
+                if self.metas[g.id] is not None and not self.metas[g.id]["finished"]]
+
+    def _abort(self):
+        """A second signal: mark the unfinished runs' traces 'interrupted' now (the process
+        ends next; the commits are intact, so --resume continues from the last one)."""
+        if not self.io.acquire(timeout=5.0):
+            return
+        try:
+            if self.status == "running":
+                self.status = "interrupted"
+                self._views(self._unfinished())
+        finally:
+            self.io.release()
+
+    def _finished_before(self) -> bool:
+        """Resuming a sweep whose every group and whose index are complete."""
+        return (self.resume and self.old_index is not None
+                and self.old_index.get("status") == "completed"
+                and all(m is not None and m["finished"] for m in self.metas.values()))
+
+    def _as_found(self) -> SweepResult:
+        """The finished sweep in ``out`` as it is on disk (nothing written)."""
+        try:
+            paths = [self._path(r["trace"]) for r in self.old_index["runs"]]
+        except (KeyError, TypeError):
+            raise CheckpointError(f"{self._path('sweep.json')}: not a valid sweep index: runs "
+                                  "must be objects with a trace path") from None
+        docs = [load_json(p, "trace", error=CheckpointError) for p in paths]
+        return SweepResult(self.out, self.old_index, docs)
 
     # ---- committed progress of a group: checkpoints/group-NNN.{json,rows.jsonl,cKKKKK.eqx}
 
@@ -252,20 +331,41 @@ class _Sweep:
         return self._path("checkpoints", f"{g.name}.rows.jsonl")
 
     def _load(self, g: Group) -> dict | None:
+        """``g``'s last commit (None: none), checked: the group file, its committed rows and,
+        for an unfinished group, its state file's header (the state itself is loaded when the
+        group continues)."""
         path = self._meta_path(g)
         if not path.exists():
             return None
-        meta = json.loads(path.read_text())
-        if meta.get("schema") != GROUP_SCHEMA or meta.get("runs") != g.runs:
+        meta = load_checked(path, "sweep group file", GROUP_SPEC, schema=GROUP_SCHEMA,
+                            error=CheckpointError)
+        if meta["runs"] != g.runs or len(meta["run_status"]) != len(g.runs):
             raise CheckpointError(f"{path} does not belong to this sweep's {g.name}")
+        for rs in meta["run_status"]:
+            if not isinstance(rs, dict) or rs.get("status") not in RUN_STATUSES or not all(
+                    k in rs for k in ("detail", "diverged_step")):
+                raise CheckpointError(f"{path}: not a valid sweep group file: run_status "
+                                      "entries must be objects with status (one of "
+                                      f"{', '.join(RUN_STATUSES)}), detail and diverged_step")
         if self.block and meta["block"] != self.block:
             raise ConfigError(f"--block {self.block}: {g.name} of this sweep runs in blocks of "
                               f"{meta['block']} (a run's numbers depend on it); resume without "
                               "--block or with the same value")
-        with open(self._rows_path(g), "rb") as f:  # only the committed bytes
-            for line in f.read(meta["rows_bytes"]).splitlines():
-                for i, row in json.loads(line):
-                    self.rows[i].append(row)
+        if not meta["finished"]:
+            if not meta["state_file"]:
+                raise CheckpointError(f"{path}: an unfinished group names no state file")
+            read_header(self._path("checkpoints", meta["state_file"]))
+        rows: dict[int, list[dict]] = {i: [] for i in g.runs}
+        for chunk in read_json_lines(self._rows_path(g), "sweep rows file",
+                                     nbytes=meta["rows_bytes"], error=CheckpointError):
+            try:
+                for i, row in chunk:
+                    rows[i].append(row)
+            except (TypeError, ValueError, KeyError):
+                raise CheckpointError(f"{self._rows_path(g)}: a line is not a list of "
+                                      "[run index, row] pairs of this group") from None
+        for i, rs in rows.items():
+            self.rows[i].extend(rs)
         return meta
 
     def _new_meta(self, g: Group) -> dict:
@@ -336,6 +436,7 @@ class _Sweep:
         cfg = runs[0].cfg
 
         while not meta["finished"]:
+            engine.check_stop()  # before the first chunk and after every commit
             t0 = time.perf_counter()
             n = 0 if meta["chunk"] < 0 else min(cfg.log_every, cfg.steps - meta["step"])
             states, metrics = sweep_chunk(states, consts, problem_static, shared,
@@ -350,9 +451,10 @@ class _Sweep:
             if meta["finished"] and self.save_models:
                 self._save_models(runs, setups, host_states)
             meta["wall_time_s"] += time.perf_counter() - t0
-            self._commit(g, meta, host_states, new_rows)
-            if meta["finished"] or time.perf_counter() - self.last_views > VIEW_EVERY_S:
-                self._views([g])
+            with self.io:
+                self._commit(g, meta, host_states, new_rows)
+                if meta["finished"] or time.perf_counter() - self.last_views > VIEW_EVERY_S:
+                    self._views([g])
             if self.progress:
                 self.progress({"group": g.id, "groups": len(self.plan.groups), "runs": len(runs),
                                "step": meta["step"], "steps": cfg.steps,
@@ -428,18 +530,24 @@ class _Sweep:
         w.doc.update(status=status, status_detail=detail, diverged_step=rs["diverged_step"],
                      wall_time_s=meta["wall_time_s"])
         w.doc["summary"] = summarize(w.to_dict()) if w.rows else {}
-        return w.to_dict()
+        doc = w.to_dict()
+        if "step" not in doc["metrics"]:  # interrupted before its first chunk: 0 rows
+            doc["metrics"] = {"step": [], "t": [], **doc["metrics"]}
+        return doc
 
-    def _views(self, groups: Sequence[Group]) -> dict:
+    def _views(self, groups: Sequence[Group], write: bool = True) -> dict | None:
         """Rewrite the traces of ``groups``, then the index and the summary table (compact
-        JSON: every value is already strict JSON, see ``_record``)."""
+        JSON: every value is already strict JSON, see ``_record``). ``write=False``: only
+        rebuild the traces in memory."""
         for g in groups:
             for i in g.runs:
                 r = self.plan.runs[i]
                 self.docs[i] = self._trace(g, r)
-                if self.writer and self.docs[i].get("status") != "pending":
+                if write and self.writer and self.docs[i].get("status") != "pending":
                     atomic_write_text(self._path("traces", f"{r.run_id}.json"),
                                       json.dumps(self.docs[i], allow_nan=False))
+        if not write:
+            return None
         self.last_views = time.perf_counter()
         index = self._index()
         if self.writer:
@@ -479,8 +587,14 @@ class _Sweep:
             "devices": to_json_value({**self.common["device"], "used": len(self.devices),
                                       "process_count": jax.process_count()}),
             "versions": self.common["versions"],
-            "wall_time_s": time.perf_counter() - self.start, "groups": groups,
+            "wall_time_s": self._previous_wall() + time.perf_counter() - self.start,
+            "groups": groups,
             "runs": runs}
+
+    def _previous_wall(self) -> float:
+        """The wall time of the sessions before this resume (the index keeps their sum)."""
+        w = (self.old_index or {}).get("wall_time_s")
+        return float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else 0.0
 
     def _memory(self, g: Group) -> dict:
         if g.id not in self.memory:
