@@ -146,6 +146,24 @@ def _finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
 
 
+def _commit(state: TrainState, params, step) -> TrainState:
+    """The state after one step of h to ``params``: kept if finite and running, else frozen
+    (a non-finite result marks ``diverged_at``)."""
+    finite = _finite(params)
+    ok = finite & state.running
+    return eqx.tree_at(lambda s: (s.step, s.params, s.diverged_at), state, (
+        jnp.where(ok, step + 1, state.step).astype(jnp.int32),
+        _keep(ok, params, state.params),
+        jnp.where(state.running & ~finite, step, state.diverged_at).astype(jnp.int32)))
+
+
+def _advance(dynamics, state: TrainState, problem, data: Data, step0, num_steps):
+    """``num_steps`` calls of ``dynamics.step`` at the group's steps step0, step0 + 1, ..."""
+    state = jax.lax.fori_loop(0, num_steps,
+                              lambda i, s: dynamics.step(s, problem, data, step0 + i), state)
+    return state, {}
+
+
 class SGDSDE(AbstractDynamics):
     """dθ = −∇L dt + √(h·Σ_B(θ)) dW (Li, Tai & E 2017), Euler–Maruyama at dt = h/``substeps``
     with matrix-free noise (module docstring); ``batch_size``: the B of the SGD it models.
@@ -200,18 +218,11 @@ class SGDSDE(AbstractDynamics):
             return solver.step(terms, ta, ta + dt, params, h, None, made_jump=False)[0]
 
         params = jax.lax.fori_loop(0, self.substeps, sub, state.params)
-        finite = _finite(params)
-        ok = finite & state.running
-        return eqx.tree_at(lambda s: (s.step, s.params, s.diverged_at), state, (
-            jnp.where(ok, step + 1, state.step).astype(jnp.int32),
-            _keep(ok, params, state.params),
-            jnp.where(state.running & ~finite, step, state.diverged_at).astype(jnp.int32)))
+        return _commit(state, params, step)
 
     def advance(self, state: TrainState, problem, data: Data, step0, num_steps):
         """``num_steps`` steps of h; a frozen run stays as it is."""
-        state = jax.lax.fori_loop(0, num_steps, lambda i, s: self.step(s, problem, data, step0 + i),
-                                  state)
-        return state, {}
+        return _advance(self, state, problem, data, step0, num_steps)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "sde", "solver": "Euler-Maruyama (diffrax.Euler)",
@@ -284,18 +295,11 @@ class SVAG(AbstractDynamics):
             return jax.tree.map(lambda p, d: p - lr * d, params, g)
 
         params = jax.lax.fori_loop(0, self.amplification, sub, state.params)
-        finite = _finite(params)
-        ok = finite & state.running
-        return eqx.tree_at(lambda s: (s.step, s.params, s.diverged_at), state, (
-            jnp.where(ok, step + 1, state.step).astype(jnp.int32),
-            _keep(ok, params, state.params),
-            jnp.where(state.running & ~finite, step, state.diverged_at).astype(jnp.int32)))
+        return _commit(state, params, step)
 
     def advance(self, state: TrainState, problem, data: Data, step0, num_steps):
         """``num_steps`` steps of h (ℓ substeps each); a frozen run stays as it is."""
-        state = jax.lax.fori_loop(0, num_steps, lambda i, s: self.step(s, problem, data, step0 + i),
-                                  state)
-        return state, {}
+        return _advance(self, state, problem, data, step0, num_steps)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "svag", "batch_size": self.batch_size,
