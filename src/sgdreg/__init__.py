@@ -28,6 +28,7 @@ from .datasets import open_dataset as open_dataset
 from .dynamics import SGDSDE as SGDSDE
 from .dynamics import SVAG as SVAG
 from .dynamics import AbstractDynamics as AbstractDynamics
+from .dynamics import CentralFlow as CentralFlow
 from .dynamics import GradientFlow as GradientFlow
 from .dynamics import ModifiedFlow as ModifiedFlow
 from .dynamics import Optax as Optax
@@ -68,7 +69,7 @@ __all__ = [
     # data
     "Dataset", "open_dataset", "as_dataset",
     # dynamics
-    "AbstractDynamics", "Optax", "GradientFlow", "ModifiedFlow", "SGDSDE", "SVAG", "named",
+    "AbstractDynamics", "Optax", "GradientFlow", "ModifiedFlow", "CentralFlow", "SGDSDE", "SVAG", "named",
     # losses
     "cross_entropy", "MSE", "Objective",
     # probes and curvature estimators

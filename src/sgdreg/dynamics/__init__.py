@@ -27,6 +27,7 @@ import optax
 
 from ..errors import OptimizerError
 from .base import AbstractDynamics, Data, Hyper, TrainState, epoch_permutation, minibatch_indices
+from .central import CentralFlow
 from .discrete import NAMED_DISCRETE, Optax, eos_threshold, from_transform
 from .flows import FLOW_MAX_STEPS, GradientFlow, ModifiedFlow
 from .sde import SGDSDE, SVAG
@@ -34,7 +35,8 @@ from .sde import SGDSDE, SVAG
 NAMED = (*NAMED_DISCRETE, "flow", "modified-flow", "central-flow", "sde", "svag")
 
 __all__ = ["AbstractDynamics", "Data", "Hyper", "TrainState", "Optax", "GradientFlow",
-           "ModifiedFlow", "SGDSDE", "SVAG", "named", "resolve", "from_transform", "eos_threshold",
+           "ModifiedFlow", "CentralFlow", "SGDSDE", "SVAG", "named", "resolve", "from_transform",
+           "eos_threshold",
            "epoch_permutation", "minibatch_indices", "NAMED", "FLOW_MAX_STEPS"]
 
 
@@ -73,8 +75,6 @@ def named(name: str, *, batch_size: int | None = None, egr: bool = False,
     if name == "modified-flow":
         return ModifiedFlow()
     if name == "central-flow":
-        from .central import CentralFlow
-
         return CentralFlow(eigs=eigs)
     if name == "sde":
         return SGDSDE(batch_size=batch_size)
