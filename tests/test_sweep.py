@@ -141,6 +141,7 @@ def _flow_max_steps(monkeypatch, max_steps: int):
     monkeypatch.setattr(dynamics, "resolve", patched)
 
 
+@pytest.mark.slow  # ~45 s: CI's second stage (pytest -m slow)
 def test_failed_flow_is_frozen_and_isolated(tmp_path, monkeypatch):
     """A flow whose solver runs out of steps (h = 1e4: t = 3e4 per chunk) is marked failed as
     ``training.train`` marks it; the other flows of its vmapped block are bit-identical."""
