@@ -21,7 +21,9 @@ def correlate(
                             "al.); gen_gap: test − train loss (regression).")] = "acc_gap",
     target_loss: Annotated[float | None, Opt("--target-loss", help="Compare runs at train loss "
                                              "≤ this (default: the runs' common stop_loss); "
-                                             "runs that did not reach it are discarded.")]
+                                             "runs that did not reach it are discarded. Runs "
+                                             "trained with stop_loss = this are compared at "
+                                             "their stop point (equal loss).")]
     = None,
     recompute: Annotated[bool, Opt("--recompute", help="Ignore the measures cached in "
                                    "measures.json.")] = False,
@@ -43,9 +45,9 @@ def correlate(
 
     Examples:
 
-      sgdreg sweep grid.toml --save-models --out runs/grid
+      sgdreg sweep grid.toml --save-models --out runs/grid    # [base] stop_loss = 0.05
 
-      sgdreg correlate runs/grid --target-loss 0.05
+      sgdreg correlate runs/grid        # at L* = the runs' stop_loss (each stopped there)
 
       sgdreg correlate runs/grid --gap gen_gap --no-flatness --json
     """
@@ -84,6 +86,10 @@ def correlate(
     if target is None:
         console.print("note: no stop_loss or --target-loss: runs are compared at their final "
                       "step, not at equal training loss")
+    elif doc["stopped_at_target"] < doc["num_kept"]:
+        console.print(f"note: {doc['num_kept'] - doc['stopped_at_target']} of {doc['num_kept']} "
+                      f"runs were not trained with stop_loss = {target:g}; they are compared at "
+                      "their final step (train them with stop_loss for equal loss)")
     console.print(f"measures.json, correlation.json, {files[0].name} in {run_dir}")
     if json:
         emit_json(doc)

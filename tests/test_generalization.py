@@ -17,7 +17,7 @@ from helpers import classification_dataset
 from sgdreg_cli.main import main
 
 from sgdreg.config import RunConfig
-from sgdreg.correlation import granulated_psi, psi_bootstrap
+from sgdreg.correlation import granulated_psi, psi_bootstrap, resample_indices, tau_bootstrap
 from sgdreg.experiments import generalization as gz
 from sgdreg.experiments.kernel import dist_to_min_norm
 from sgdreg.models import LinearModel
@@ -26,7 +26,7 @@ from sgdreg.models import LinearModel
 TINY_GRID = {
     "name": "tiny",
     "base": {"dataset": "digits", "n_train": 64, "n_test": 64, "width": 8, "optimizer": "gd",
-             "steps": 40, "log_every": 5, "stop_loss": 0.5},
+             "steps": 40, "log_every": 5, "stop_loss": 0.5, "dtype": "float64"},
     "grid": {"lr": [0.01, 0.3, 0.6], "seed": [0, 1]},
 }
 NORMS = ("param_norm", "dist_from_init", "log_prod_of_spec", "log_sum_of_fro", "path_norm")
@@ -61,6 +61,7 @@ def test_study_protocol_measures_and_cache(runs, monkeypatch):
     assert not any(k in by_name for k in ("margin", "pacbayes_sigma", "num_params"))
     taus = [abs(r["tau"]) for r in doc["ranking"] if not math.isnan(r["tau"])]
     assert taus == sorted(taus, reverse=True)
+    check_values_by_hand(runs, doc)
 
     stored = json.loads((runs / gz.MEASURES_FILE).read_text())
     kept = [r for r in stored["runs"] if r["discarded"] is None]
@@ -79,6 +80,82 @@ def test_study_protocol_measures_and_cache(runs, monkeypatch):
         gz.correlate(runs, flatness=False, num_resamples=50, recompute=True)
     with pytest.raises(RuntimeError, match="recomputed"):  # other options: not the cached ones
         gz.correlate(runs, flatness=False, num_resamples=50, num_samples=3)
+
+
+@pytest.mark.slow  # ~10 s: a sweep compile (CI's second stage)
+def test_sweep_stops_at_stop_loss_like_single_runs(grid_dir, tmp_path):
+    """``sgdreg sweep`` (vmapped) honours stop_loss as ``train`` does: same rows, status, detail
+    and final model; the correlate study then compares every run at the stop point."""
+    from sgdreg.checkpoint import load_model
+    from sgdreg.sweep import run_sweep
+
+    res = run_sweep(TINY_GRID, tmp_path / "sweep", save_models=True, block=2)
+    single = {p.stem: json.loads(p.read_text()) for p in (grid_dir / "traces").glob("*.json")}
+    stopped = 0
+    for tr in res.traces:
+        ref = single[tr["run_id"]]
+        assert (tr["status"], tr["status_detail"]) == (ref["status"], ref["status_detail"])
+        assert tr["metrics"]["step"] == ref["metrics"]["step"]
+        for k in ("train_loss", "test_loss", "train_acc", "weight_norm"):
+            np.testing.assert_allclose(tr["metrics"][k], ref["metrics"][k], rtol=1e-10, err_msg=k)
+        a = jax.tree.leaves(load_model(tmp_path / "sweep" / "models" / f"{tr['run_id']}.eqx")[0])
+        b = jax.tree.leaves(load_model(grid_dir / "models" / f"{tr['run_id']}.eqx")[0])
+        for x, y in zip(a, b):  # the model saved is the one at the stop step, not at step 40
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-10, atol=1e-12)
+        if tr["status_detail"] and tr["status_detail"].startswith("reached train_loss ≤ 0.5"):
+            stopped += 1
+            assert tr["metrics"]["step"][-1] < 40 and tr["metrics"]["train_loss"][-1] <= 0.5
+            assert tr["metrics"]["train_loss"][-2] > 0.5  # the first logged step below L*
+    assert stopped == 4  # lr 0.3 and 0.6 stop early; lr 0.01 runs to step 40 above L*
+    doc = gz.correlate(tmp_path / "sweep", flatness=False, num_resamples=20)
+    assert doc["num_kept"] == 4 and doc["stopped_at_target"] == 4
+    assert doc["train_loss_range"][1] <= 0.5
+
+
+def _brute_tau(m, g):
+    pairs = [(i, j) for i in range(len(m)) for j in range(i + 1, len(m))]
+    return sum(np.sign(m[i] - m[j]) * np.sign(g[i] - g[j]) for i, j in pairs) / len(pairs)
+
+
+def check_values_by_hand(runs, doc):
+    """τ and Ψ of every ranked measure recomputed by loops from measures.json against the
+    trace's train − test accuracy (the default gap), Ψ's groups holding one seed each; two
+    measures recomputed from the model files and θ0 rebuilt from the seed."""
+    from sgdreg.checkpoint import load_model
+    from sgdreg.training import build, load_data
+
+    stored = json.loads((runs / gz.MEASURES_FILE).read_text())
+    kept = [r for r in stored["runs"] if r["discarded"] is None]
+    traces = {r["run_id"]: json.loads((runs / r["trace"]).read_text()) for r in kept}
+    acc = [traces[r["run_id"]]["metrics"]["train_acc"][-1]
+           - traces[r["run_id"]]["metrics"]["test_acc"][-1] for r in kept]
+    loss_gap = [r["gen_gap"] for r in kept]
+    assert [r["acc_gap"] for r in kept] == pytest.approx(acc, abs=1e-12)
+    discriminating = 0
+    for row in doc["ranking"]:
+        m = [r["measures"][row["measure"]] for r in kept]
+        assert row["tau"] == pytest.approx(_brute_tau(m, acc), abs=1e-12), row["measure"]
+        discriminating += _brute_tau(m, acc) != _brute_tau(m, loss_gap)
+        per_seed = [_brute_tau([m[i] for i in idx], [acc[i] for i in idx])
+                    for idx in ([i for i, r in enumerate(kept) if r["config"]["seed"] == s]
+                                for s in (0, 1))]
+        assert row["psi"] == pytest.approx(np.mean(per_seed), abs=1e-12), row["measure"]
+        assert row["psi_per_hp"] == {"lr": pytest.approx(np.mean(per_seed), abs=1e-12)}
+        boot = tau_bootstrap(m, acc, resample_indices(len(kept), doc["num_resamples"], 0))
+        assert row["tau_ci"] == pytest.approx(list(np.nanpercentile(boot, [2.5, 97.5])),
+                                              abs=1e-12)  # the default: a 95 % interval
+    assert discriminating >= 3  # τ against the loss gap differs: the gap column matters
+    r = kept[0]
+    cfg = RunConfig(**r["config"])
+    model = load_model(runs / r["model"])[0]
+    model0 = build(cfg, load_data(cfg)).model0
+    theta = np.concatenate([np.ravel(a) for a in jax.tree.leaves(eqx.filter(model, eqx.is_array))])
+    theta0 = np.concatenate([np.ravel(a) for a in jax.tree.leaves(eqx.filter(model0,
+                                                                             eqx.is_array))])
+    assert r["measures"]["param_norm"] == pytest.approx(np.linalg.norm(theta), rel=1e-12)
+    assert r["measures"]["dist_from_init"] == pytest.approx(np.linalg.norm(theta - theta0),
+                                                            rel=1e-12)
+    assert r["measures"]["steps_to_loss"] == traces[r["run_id"]]["metrics"]["step"][-1]
 
 
 def test_unreachable_target_raises_before_writing(runs):
@@ -179,3 +256,4 @@ def test_flatness_and_curvature_measures_on_the_grid(runs):
     for k in ("pacbayes_mag_flatness", "sharpness_flatness", "hessian_trace", "lambda_max",
               "grad_var"):
         assert math.isfinite(by_name[k]["tau"]), k
+    assert set(doc["sigma_rel_se"]) == {"pacbayes", "pacbayes_mag"}

@@ -1,4 +1,4 @@
-"""Implicit gradient regularization (SCIENCE.md §2): backward error orders, EGR, the
+"""Implicit gradient regularization (docs/science.md#implicit-regularization): backward error orders, EGR, the
 two-parameter model and the `sgdreg igr` command.
 
 All checks share one small smooth problem (gmm, n = 32, tanh MLP width 8, mse, float64) so the
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sgdreg_cli.main import main
 
+from sgdreg import correlation
 from sgdreg.config import ConfigError, RunConfig
 from sgdreg.experiments import igr
 from sgdreg.trace import load_trace
@@ -27,6 +28,7 @@ def check(tmp_path_factory):
     return igr.backward_error_check(CFG, LRS, time=1.0, n_log=4, out_dir=out), out
 
 
+@pytest.mark.slow
 def test_modified_flow_is_second_order_plain_flow_first_order(check):
     """GD(h) is O(h²) from the modified flow and O(h) from the plain flow at t = Kh."""
     res, _ = check
@@ -41,6 +43,7 @@ def test_modified_flow_is_second_order_plain_flow_first_order(check):
         assert r["moved"] > 20 * r["dist_flow"]
 
 
+@pytest.mark.slow
 def test_egr_at_small_step_mimics_larger_step(check):
     """GD at s on L + μ‖∇L‖² with μ = (h − s)/4 (GD at s adds its own (s/4)‖∇L‖²) follows GD(h)
     to O(h²), as closely as the modified flow; the confounded μ = h/4 (the modified loss of step
@@ -62,6 +65,7 @@ def test_egr_at_small_step_mimics_larger_step(check):
         igr.backward_error_check(CFG, LRS, time=1.0, egr_lr=0.025)
 
 
+@pytest.mark.slow
 def test_check_writes_valid_traces_from_one_theta0(check):
     res, out = check
     docs = [load_trace(out / p) for p in res["traces"]]
@@ -253,8 +257,14 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, needle):
     assert not out.exists()
 
 
-def test_kendall_tau_and_at_loss():
-    assert igr.kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+def test_one_kendall_tau_and_at_loss():
+    """The IGR trends use ``correlation.kendall_tau`` (one τ in sgdreg): None/NaN points are
+    dropped, not counted as ties, and fewer than 2 points give NaN (JSON null in the trends)."""
+    assert not hasattr(igr, "kendall_tau")
+    assert correlation.kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    assert correlation.kendall_tau([1, 2, 3, 4], [1, None, 3, float("nan")]) == 1.0
+    assert correlation.kendall_tau([None, 2, 3, 4], [5, 2, 1, 0]) == -1.0
+    assert np.isnan(correlation.kendall_tau([1, 2], [None, 1.0]))
     m = {"train_loss": [1.0, 0.1, 0.01], "grad_norm_sq": [1.0, 1e-2, 1e-4], "t": [0, 1, 2],
          "test_loss": [1, 1, 1], "test_acc": [0.1, 0.5, 0.9]}
     hit = igr.at_loss(m, 0.1 ** 1.5)

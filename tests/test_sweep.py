@@ -178,6 +178,7 @@ run_sweep(sys.argv[1], sys.argv[2], devices=4, block=16)
 """
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
     grid = tmp_path / "kill.toml"
     grid.write_text(toml_text("kill", KILL_BASE, KILL_GRID))
@@ -298,13 +299,30 @@ def test_memory_estimate_and_cifar_sized_evaluation_runs_in_chunks():
     cfg = RunConfig(model="mlp", width=32, optimizer="gd", eval_chunk=1000)
     shape = (50_000, 3, 32, 32)
     est = sweep.estimate_memory(cfg, shape, out_size=10, n_test=10_000, runs=64)
-    p = 3072 * 32 + 32 + 32 * 10 + 10
-    assert est["params"] == est["params0"] == 4 * p and est["optimizer_state"] == 0
-    assert est["activations"] == 4 * 1000 * (3072 + 2 * 32 + 2 * 10)
-    assert est["data"] == 4 * 60_000 * 3073
-    assert est["state"] == 4 * 3 * p + 4 * 50_000 and est["block"] == 8
-    assert est["total"] == est["data"] + 64 * est["state"] + 8 * est["activations"]
-    assert sweep.estimate_memory(cfg.replace(optimizer="adam"), shape)["optimizer_state"] == 8 * p
+    assert est["total"] >= est["data"] + 64 * est["state"] and est["block"] == 8
+
+    def nbytes(tree):
+        return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree) if hasattr(a, "dtype"))
+
+    rng = np.random.default_rng(0)  # the state a built run really holds, counted array by array
+    small = Dataset("small", rng.normal(size=(64, 3, 32, 32)).astype(np.float32),
+                    rng.integers(0, 10, 64).astype(np.int32),
+                    rng.normal(size=(16, 3, 32, 32)).astype(np.float32),
+                    rng.integers(0, 10, 16).astype(np.int32), 10)
+    for opt in ("gd", "momentum", "adam"):
+        c = cfg.replace(optimizer=opt)
+        s = training.build(c, small)
+        e = sweep.estimate_memory(c, (64, 3, 32, 32), out_size=10, n_test=16)
+        st = s.state0()
+        loss = s.problem.objective.example_loss
+        grad = jax.eval_shape(jax.grad(lambda p, f=loss: f(p, small.x_train[0],
+                                                         small.y_train[0])), s.params0)
+        assert e["params"] == e["params0"] == nbytes(s.params0) and e["gradient"] == nbytes(grad)
+        slots = [a for a in jax.tree.leaves(st.opt_state) if getattr(a, "ndim", 0) > 0]
+        assert e["optimizer_state"] == nbytes(slots), opt  # (scalars: counters, hyper-params)
+        assert e["permutation"] == nbytes(st.perm) and e["data"] == nbytes(s.data)
+        held = nbytes(st) + nbytes(s.params0) + nbytes(grad)  # TrainState + θ0 + ∇ per run
+        assert 0 <= held - e["state"] <= 128, opt  # only the scalars (step, keys, flags) differ
 
     tiny = Dataset("tiny", np.zeros((4, 3, 32, 32), np.float32), np.zeros(4, np.int32),
                    np.zeros((4, 3, 32, 32), np.float32), np.zeros(4, np.int32), 10)

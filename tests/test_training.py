@@ -1,4 +1,4 @@
-"""Dynamics and the training loop against exact oracles (SCIENCE.md §1–2)."""
+"""Dynamics and the training loop against exact oracles (docs/science.md#dynamics)."""
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +63,7 @@ def test_gd_from_zero_reaches_min_norm_solution():
 
 
 def test_sgd_decomposition_identity_on_logged_values():
-    """L̃_SGD = L̃_GD + igr_sgd_var exactly when B divides n (SCIENCE.md §2)."""
+    """L̃_SGD = L̃_GD + igr_sgd_var exactly when B divides n (docs/science.md#implicit-regularization)."""
     ds = classification_dataset(n=64, d=6, k=3)
     cfg = RunConfig(optimizer="sgd", lr=0.2, batch_size=16, steps=40, log_every=8,
                     width=16, dtype="float64")
@@ -183,6 +183,8 @@ def test_curvature_probe_in_training_matches_dense_hessian():
                                                         d.x_train, d.y_train)))
     np.testing.assert_allclose(m["top_eigenvalues"][-1], ev[::-1][:2], rtol=1e-6)
     np.testing.assert_allclose(m["lambda_min"][-1], ev[0], rtol=1e-6)
+    theta_sq = sum(float(np.sum(np.asarray(a) ** 2)) for a in jax.tree.leaves(params))
+    assert m["lambda_max_scaled"][-1] == pytest.approx(ev[-1] * theta_sq, rel=1e-6)  # λ_max·‖θ‖²
     assert abs(m["hessian_trace"][-1] - ev.sum()) < 4 * m["hessian_trace_stderr"][-1]
     assert m["eos_threshold"][-1] == pytest.approx(2 / 0.2)
     assert res.trace["probes"]["curvature"]["num_probes"] == 40

@@ -38,7 +38,9 @@ def kendall_tau(measure, gap, *, row_chunk: int = 1024) -> float:
     """τ = (2/(n(n−1))) Σ_{i<j} sign(μ_i−μ_j)·sign(g_i−g_j) (Jiang et al. 2020, eq. 2).
 
     This is Kendall's τ_a: a pair tied in either variable contributes 0 and still counts in the
-    denominator. Runs with a NaN measure or gap are dropped; fewer than 2 runs left gives NaN.
+    denominator. Runs with a missing measure or gap (NaN, None, anything not numeric) are
+    dropped; fewer than 2 runs left gives NaN. The one Kendall τ of sgdreg (the IGR trends use
+    it too).
     """
     m, g = _numeric(measure), _numeric(gap)
     if m.shape != g.shape:
@@ -57,22 +59,24 @@ def kendall_tau(measure, gap, *, row_chunk: int = 1024) -> float:
 
 
 def granulated_psi(
-    runs: Runs, measure: str, gap: str, hyperparams: Sequence[str]
+    runs: Runs, measure: str, gap: str, hyperparams: Sequence[str],
+    group_by: Sequence[str] = (),
 ) -> tuple[float, dict[str, float]]:
     """Ψ = mean_i ψ_i, ψ_i = mean over groups of τ within the group (Jiang et al. 2020, eq. 4).
 
-    A group for hyper-parameter i is a set of runs whose other hyper-parameters are all equal.
-    It is used when it has ≥ 2 runs with a defined τ and ≥ 2 distinct values of i (a group of
-    pure repeats says nothing about i). A hyper-parameter with no usable group gets ψ_i = NaN in
-    the returned dict and is left out of Ψ; Ψ is NaN when every ψ_i is.
+    A group for hyper-parameter i is a set of runs whose other hyper-parameters and
+    ``group_by`` columns (e.g. the seed: runs compared for ψ_i then differ in i only) are all
+    equal. It is used when it has ≥ 2 runs with a defined τ and ≥ 2 distinct values of i (a
+    group of pure repeats says nothing about i). A hyper-parameter with no usable group gets
+    ψ_i = NaN in the returned dict and is left out of Ψ; Ψ is NaN when every ψ_i is.
     """
     df = _frame(runs)
-    missing = [c for c in [measure, gap, *hyperparams] if c not in df.columns]
+    missing = [c for c in [measure, gap, *hyperparams, *group_by] if c not in df.columns]
     if missing:
         raise KeyError(f"runs have no column(s) {', '.join(missing)}")
     psi_i: dict[str, float] = {}
     for hp in hyperparams:
-        others = [h for h in hyperparams if h != hp]
+        others = [h for h in [*hyperparams, *group_by] if h != hp]
         groups = df.groupby(others, dropna=False, sort=False) if others else [(None, df)]
         taus = []
         for _, grp in groups:
@@ -111,8 +115,9 @@ def bootstrap_ci(
     """Percentile bootstrap CI: resample the n runs with replacement; (1∓level)/2 quantiles.
 
     ``statistic_fn`` gets a resampled table of the same kind as ``runs`` (DataFrame with a fresh
-    index, or list of dicts); NaN statistics are ignored. For τ_a, a resample's repeated runs form
-    tied pairs, which shrinks τ by a factor ≈ (1 − 1/n): negligible for tens of runs.
+    index, or list of dicts); NaN statistics are ignored. Not for τ_a: a resample's copies of one
+    run would count as tied pairs and pull τ toward 0 (τ = 1 data gave [0.75, 0.96] at 8 runs);
+    ``tau_bootstrap`` leaves them out.
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
@@ -127,6 +132,38 @@ def bootstrap_ci(
             sample = [runs[i] for i in idx]
         stats.append(float(statistic_fn(sample)))
     return percentile_ci(np.asarray(stats, dtype=np.float64), level)
+
+
+def _resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """(resamples, n): how often each run appears in each resample ``idx[i]``."""
+    counts = np.zeros((len(idx), n))
+    np.add.at(counts, (np.repeat(np.arange(len(idx)), n), np.asarray(idx).reshape(-1)), 1.0)
+    return counts
+
+
+def tau_bootstrap(measure, gap, idx: np.ndarray, *, row_chunk: int = 1024) -> np.ndarray:
+    """τ_a of every resample of runs ``idx[i]``, leaving out the pairs of copies of one run.
+
+    With counts c_r of run r in a resample and S_rs = sign(μ_r−μ_s)·sign(g_r−g_s):
+    τ = cᵀSc/(m² − Σc²), m = Σc over runs with a measure and gap: the mean of S over ordered
+    pairs of resampled runs that are not copies of one run (as ``psi_bootstrap`` does within
+    a group). Counting copies as ties instead would bias every resampled τ toward 0, so the
+    interval could exclude τ itself. With every c_r = 1 this is ``kendall_tau``; NaN for a
+    resample with fewer than 2 distinct usable runs.
+    """
+    m, g = _numeric(measure), _numeric(gap)
+    if m.shape != g.shape:
+        raise ValueError(f"measure and gap differ in length: {m.size} vs {g.size}")
+    ok = ~(np.isnan(m) | np.isnan(g))
+    c = _resample_counts(idx, m.size)[:, ok] if len(idx) else np.zeros((0, int(ok.sum())))
+    m, g = m[ok], g[ok]
+    num = np.zeros(len(c))
+    for s in range(0, m.size, row_chunk):  # bounded memory: row_chunk × n sign tables
+        sl = slice(s, s + row_chunk)
+        table = (_sign_diff(m[sl], m) * _sign_diff(g[sl], g)).astype(np.float64)
+        num += np.einsum("rg,rg->r", c[:, sl], c @ table.T)
+    pairs = c.sum(1) ** 2 - (c**2).sum(1)
+    return np.where(pairs > 0, num / np.maximum(pairs, 1.0), np.nan)
 
 
 def psi_bootstrap(df: pd.DataFrame, measure: str, gap: str, hps: Sequence[str],
@@ -144,8 +181,7 @@ def psi_bootstrap(df: pd.DataFrame, measure: str, gap: str, hps: Sequence[str],
     hyper-parameter and ≥ 2 distinct runs have a measure and gap.
     """
     n = len(df)
-    counts = np.zeros((len(idx), n))
-    np.add.at(counts, (np.repeat(np.arange(len(idx)), n), np.asarray(idx).reshape(-1)), 1.0)
+    counts = _resample_counts(idx, n)
     m = pd.to_numeric(df[measure], errors="coerce").to_numpy(float)
     g = pd.to_numeric(df[gap], errors="coerce").to_numpy(float)
     ok = ~(np.isnan(m) | np.isnan(g))
@@ -182,17 +218,27 @@ def rank_measures(
     num_resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    group_by: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per measure: τ with its bootstrap CI, Ψ and ψ_i, run counts; sorted by |τ|.
+    """One row per measure: τ and Ψ with their bootstrap CIs, ψ_i, run counts; sorted by |τ|.
 
     Rows are sorted by |τ| descending (NaN last): the strength of the association; the sign says
     its direction (a complexity measure should have τ > 0, a flatness radius such as σ τ < 0).
-    Every measure is bootstrapped on the same resamples of runs. Keys: ``measure``, ``tau``,
-    ``tau_ci`` ([lo, hi]), ``psi``, ``psi_per_hp``, ``n_runs`` (runs used), ``n_dropped`` (NaN).
-    Values are Python floats and may be NaN; writers turn them into JSON null.
+    Every measure is bootstrapped on the same resamples of runs (``resample_indices``), τ by
+    ``tau_bootstrap`` and Ψ by ``psi_bootstrap`` (copies of a run left out of both). Ψ's groups
+    hold ``hyperparams`` other than i and ``group_by`` equal; ``group_by=None`` means ["seed"]
+    when ``runs`` has a seed column that varies and is not a hyper-parameter, so runs that
+    differ only by their seed are never compared for ψ_i. Keys: ``measure``, ``tau``,
+    ``tau_ci`` ([lo, hi]), ``psi``, ``psi_ci``, ``psi_per_hp``, ``n_runs`` (runs used),
+    ``n_dropped`` (NaN). Values are Python floats and may be NaN; writers turn them into JSON
+    null.
     """
     df = _frame(runs)
-    missing = [c for c in [gap, *measures] if c not in df.columns]
+    hps = list(hyperparams or [])
+    if group_by is None:
+        group_by = ["seed"] if ("seed" in df.columns and "seed" not in hps
+                                and df["seed"].nunique(dropna=False) > 1) else []
+    missing = [c for c in [gap, *measures, *hps, *group_by] if c not in df.columns]
     if missing:
         raise KeyError(f"runs have no column(s) {', '.join(missing)}")
     g_all = _numeric(df[gap])
@@ -201,16 +247,19 @@ def rank_measures(
     for name in measures:
         m_all = _numeric(df[name])
         used = int(np.sum(~(np.isnan(m_all) | np.isnan(g_all))))
-        boot = np.array([kendall_tau(m_all[i], g_all[i]) for i in idx], dtype=np.float64)
-        if hyperparams:
-            psi, psi_per_hp = granulated_psi(df, name, gap, hyperparams)
+        if hps:
+            psi, psi_per_hp = granulated_psi(df, name, gap, hps, group_by)
+            boot_psi = psi_bootstrap(df, name, gap, hps, group_by, idx) if len(idx) else \
+                np.zeros(0)
+            psi_ci = list(percentile_ci(boot_psi, level))
         else:
-            psi, psi_per_hp = float("nan"), {}
+            psi, psi_per_hp, psi_ci = float("nan"), {}, [float("nan"), float("nan")]
         rows.append({
             "measure": name,
             "tau": kendall_tau(m_all, g_all),
-            "tau_ci": list(percentile_ci(boot, level)),
+            "tau_ci": list(percentile_ci(tau_bootstrap(m_all, g_all, idx), level)),
             "psi": psi,
+            "psi_ci": psi_ci,
             "psi_per_hp": psi_per_hp,
             "n_runs": used,
             "n_dropped": len(df) - used,

@@ -35,6 +35,7 @@ from .flatness import CRITERIA as CRITERIA  # noqa: E402  (re-exported)
 from .flatness import _flat  # noqa: E402
 from .flatness import pacbayes_bound_term as pacbayes_bound_term  # noqa: E402
 from .flatness import pacbayes_sigma as pacbayes_sigma  # noqa: E402
+from .flatness import pacbayes_sigma_se as pacbayes_sigma_se  # noqa: E402
 from .flatness import sharpness_bound_term as sharpness_bound_term  # noqa: E402
 from .flatness import sharpness_radius as sharpness_radius  # noqa: E402
 from .losses import Objective
@@ -265,8 +266,9 @@ def margin_measures(norms: dict, path: jax.Array, gamma: jax.Array, d: int) -> d
 def compute_measures(model, init_model, objective_loss, data, key, *,
                      num_classes: int | None = None, trace_metrics: dict | None = None,
                      margin_q: float = 10.0, target_drop: float = 0.1, num_samples: int = 16,
-                     num_steps: int = 10, num_bisection: int = 20, eps: float = 1e-3,
-                     flatness: bool = True, chunk_size: int = DEFAULT_CHUNK) -> dict[str, float]:
+                     num_steps: int = 20, num_bisection: int = 20, eps: float = 1e-3,
+                     flatness: bool = True, chunk_size: int = DEFAULT_CHUNK,
+                     num_restarts: int = 4) -> dict[str, float]:
     """Every measure of this module for one trained model, as a flat dict of Python floats.
 
     ``objective_loss`` is an ``Objective`` or a loss name (``"ce"``/``"mse"``; num_classes is
@@ -274,9 +276,12 @@ def compute_measures(model, init_model, objective_loss, data, key, *,
     y_train). Regression gives NaN for margin measures and uses the loss criterion for flatness.
     Names: those of ``norm_measures`` and ``margin_measures``, plus ``path_norm`` (Σ_paths Π w²),
     ``path_norm_sqrt``, ``pacbayes_{sigma,flatness,init,orig}``, ``pacbayes_mag_{...}``,
-    ``sharpness_{radius,flatness,init,orig}``, ``mag_sharpness_{...}`` (flatness = 1/σ², 1/α²),
+    ``sharpness_{radius,flatness,init,orig}``, ``mag_sharpness_{...}`` (flatness = 1/σ², 1/α²;
+    searches: ``num_samples`` noise draws, ``num_steps`` ascent steps from ``num_restarts``
+    starts), ``pacbayes_sigma_se``/``pacbayes_mag_sigma_se`` (σ's sampling standard error over
+    the noise draws, ``flatness.pacbayes_sigma_se``),
     the ``TRACE_MEASURES`` found in ``trace_metrics`` and, with λ_max / tr H given,
-    ``lambda_max_scaled`` = λ_max·‖θ‖² and ``hessian_trace_scaled`` = tr H·‖θ‖² (SCIENCE.md §3).
+    ``lambda_max_scaled`` = λ_max·‖θ‖² and ``hessian_trace_scaled`` = tr H·‖θ‖² (docs/science.md#curvature).
     """
     x, y = data
     params, frozen = partition(model)
@@ -302,14 +307,15 @@ def compute_measures(model, init_model, objective_loss, data, key, *,
     out.update(margin_measures(out, pn, gamma, d))
     if flatness:
         out.update(_flatness_measures(objective, params, init_params, x, y, key, target_drop,
-                                      num_samples, num_steps, num_bisection, eps, chunk_size))
+                                      num_samples, num_steps, num_bisection, eps, chunk_size,
+                                      num_restarts))
     result = {k: float(v) for k, v in out.items()}
     result.update(_trace_measures(trace_metrics or {}, result["param_norm"]))
     return result
 
 
 def _flatness_measures(objective, params, init_params, x, y, key, target, num_samples,
-                       num_steps, num_bisection, eps, chunk_size) -> dict:
+                       num_steps, num_bisection, eps, chunk_size, num_restarts) -> dict:
     crit = "accuracy" if objective.num_classes else "loss"
     common = dict(target_drop=target, eps=eps, criterion=crit, num_bisection=num_bisection,
                   chunk_size=chunk_size)
@@ -321,9 +327,12 @@ def _flatness_measures(objective, params, init_params, x, y, key, target, num_sa
                            magnitude_aware=mag, **common)
         out.update(_bound_family(prefix, "sigma", s, pacbayes_bound_term, params, init_params,
                                  n, mag, eps))
+        out[f"{prefix}_sigma_se"] = pacbayes_sigma_se(
+            objective, params, x, y, k[int(mag)], s, num_samples=num_samples,
+            magnitude_aware=mag, eps=eps, criterion=crit, chunk_size=chunk_size)
     for mag, prefix in ((False, "sharpness"), (True, "mag_sharpness")):
         a = sharpness_radius(objective, params, x, y, k[2 + int(mag)], num_steps=num_steps,
-                             magnitude_aware=mag, **common)
+                             num_restarts=num_restarts, magnitude_aware=mag, **common)
         out.update(_bound_family(prefix, "radius", a, sharpness_bound_term, params, init_params,
                                  n, mag, eps))
     return out

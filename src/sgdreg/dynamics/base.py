@@ -34,7 +34,8 @@ class Data(eqx.Module):
 class TrainState(eqx.Module):
     """State of one run. PRNG keys are stored as raw key data (serialisable, vmappable).
     ``diverged_at`` is −1 until the loss turns non-finite; ``failed`` marks a flow solver that
-    stopped early. From either on the run is frozen, so it never disturbs a vmapped batch."""
+    stopped early; ``stopped`` marks a run that reached its ``stop_loss`` (set by the sweep at
+    a logged step). From any of them on the run is frozen, so it never disturbs a vmapped batch."""
 
     step: jax.Array
     params: Any
@@ -46,10 +47,11 @@ class TrainState(eqx.Module):
     diverged_at: jax.Array
     failed: jax.Array
     hyper: Hyper
+    stopped: jax.Array = eqx.field(default_factory=lambda: jnp.zeros((), bool))
 
     @property
     def running(self) -> jax.Array:
-        return (self.diverged_at < 0) & ~self.failed
+        return (self.diverged_at < 0) & ~self.failed & ~self.stopped
 
 
 def epoch_permutation(data_key, epoch, n: int):

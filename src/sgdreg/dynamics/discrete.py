@@ -1,5 +1,5 @@
 """Discrete methods driven by optax: GD, SGD, heavy ball, Nesterov, Adam, EGR and any user
-``optax.GradientTransformation`` (SCIENCE.md §1-2)."""
+``optax.GradientTransformation`` (docs/science.md#dynamics)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ class Optax(AbstractDynamics):
         return state.hyper.lr if self.preset else jnp.full((), jnp.nan, state.hyper.lr.dtype)
 
     def eos_threshold(self, lr: float, momentum: float) -> float | None:
-        """Cohen et al. 2021 (SCIENCE.md §3): GD/SGD 2/h, heavy ball 2(1+β)/h, Nesterov
+        """Cohen et al. 2021 (docs/science.md#curvature): GD/SGD 2/h, heavy ball 2(1+β)/h, Nesterov
         (2+2β)/((1+2β)h); none for Adam, whose threshold (2+2β1)/((1−β1)h) (38/h at β1 = 0.9)
         bounds the *preconditioned* sharpness (recorded as ``preconditioned_eos_threshold``)."""
         return eos_threshold(self.preset or "", lr, momentum)
@@ -146,7 +146,7 @@ class Optax(AbstractDynamics):
             perm=perm,
             data_key=state.data_key, model_key=state.model_key,
             diverged_at=jnp.where(ok | ~state.running, state.diverged_at, step).astype(jnp.int32),
-            failed=state.failed, hyper=state.hyper)
+            failed=state.failed, hyper=state.hyper, stopped=state.stopped)
 
     def advance(self, state: TrainState, problem, data: Data, step0, num_steps):
         """``num_steps`` updates in one ``fori_loop``. The step counter passed to ``step`` is the
@@ -207,7 +207,7 @@ def from_transform(tx: optax.GradientTransformation, *, batch_size: int | None =
 
 
 def eos_threshold(optimizer: str, lr: float, momentum: float) -> float | None:
-    """Edge-of-stability reference for λ_max (Cohen et al. 2021; SCIENCE.md §3): GD/SGD 2/h,
+    """Edge-of-stability reference for λ_max (Cohen et al. 2021; docs/science.md#curvature): GD/SGD 2/h,
     heavy ball 2(1+β)/h, Nesterov (2+2β)/((1+2β)h); none for flows, user transforms and Adam,
     whose raw λ_max has no threshold: its (2+2β1)/((1−β1)h) (38/h at β1 = 0.9, Cohen et al. 2022)
     bounds the preconditioned sharpness λ_max(P⁻¹H), which the curvature probe records with it

@@ -1,22 +1,29 @@
 """Which measures predict generalization? The study of Jiang et al. (2020, "Fantastic
-generalization measures") over a directory of finished runs (SCIENCE.md §6).
+generalization measures") over a directory of finished runs (docs/science.md#generalization-measures).
 
 A run directory holds traces and final models, in the sweep layout (``traces/<run>.json`` with
 ``models/<run>.eqx``: ``sgdreg sweep --save-models`` or ``train_grid``) or flat (``<run>.json``
 with ``<run>.eqx`` beside it: ``sgdreg train --save-checkpoint``). ``correlate(run_dir)``:
 
-1. Protocol: runs are compared at the same training loss L*, the runs' common ``stop_loss``
-   (or ``target_loss``). A run that ended with train_loss > L*, did not complete, or has no
-   model file is discarded and listed with its reason in ``discarded``. The steps to reach L*
-   (first logged step with train_loss ≤ L*; the final step of a ``stop_loss`` run) are a measure.
-   ``train_grid`` stops each run at L*; ``sweep.run_sweep`` trains every run to its last step,
-   so there ``target_loss`` only discards (``train_loss_range`` shows the spread left).
+1. Protocol (Jiang et al. 2020 §3: every model is compared at the same training loss): runs
+   are compared at L*, the runs' common ``stop_loss`` (or ``target_loss``). Train the runs with
+   ``stop_loss = L*`` (``sgdreg sweep``/``sweep.run_sweep`` and ``train_grid`` both stop each
+   run at its first logged step with train_loss ≤ L* and save the model there), so every kept
+   run lies between L* and the loss one logging interval earlier. A run that ended with
+   train_loss > L*, did not complete, or has no model file is discarded and listed with its
+   reason in ``discarded``. ``stopped_at_target`` counts the kept runs trained with
+   ``stop_loss`` = L*; a run trained past L* (no or another stop_loss, ``--target-loss``
+   chosen afterwards) is kept at its final step, below L*, and ``train_loss_range`` shows the
+   spread that leaves. The steps to reach L* (first logged step with train_loss ≤ L*) are a
+   measure.
 2. Measures of each kept run: every ``measures.compute_measures`` measure of the final model
    against θ0 (rebuilt from the seed, ``training.build``) on the run's own training data
    (``training.load_data``: corrupted labels included), the trace's final ``grad_norm_sq``,
    ``igr_gd``, ``igr_sgd_var``, ``minibatch_grad_norm_sq``, ``grad_var_est`` and the last logged
    curvature (``hessian_trace``, ``lambda_max``, ``grad_var``, ``batch_sharpness``), or curvature
-   of the final model (``curvature=True``), and ``dist_to_min_norm`` = ‖W−W*‖_F/‖W*‖_F for a
+   of the final model (``curvature=True``), σ's sampling standard error from its noise draws
+   (``pacbayes_sigma_se``; median se/σ over runs in correlation.json's ``sigma_rel_se``), and
+   ``dist_to_min_norm`` = ‖W−W*‖_F/‖W*‖_F for a
    linear model with MSE loss and d ≥ n. Flatness searches use one key (``seed``) for every run:
    common random numbers. Cached in ``measures.json``: a run is recomputed only when its trace or
    model file, the options or L* change (``recompute=True`` forces it).
@@ -24,8 +31,8 @@ with ``<run>.eqx`` beside it: ``sgdreg train --save-checkpoint``). ``correlate(r
    percentile-bootstrap CIs over runs, and the granulated Ψ (``granulated_psi``) over the
    hyper-parameters = the config fields that vary across kept runs. The seed is not a
    hyper-parameter: runs compared for ψ_i differ in field i only and share their seed.
-   Ψ's CI resamples runs like τ's (the same resamples), leaving out pairs of copies of one run
-   (``psi_bootstrap``).
+   τ's and Ψ's CIs use the same resamples of runs and both leave out pairs of copies of one
+   run (``tau_bootstrap``, ``psi_bootstrap``).
 
 Gap: ``acc_gap`` = train accuracy − test accuracy by default (Jiang et al. rank against the
 error gap; with the loss at L* for every run, the loss gap mostly measures test over-confidence);
@@ -45,10 +52,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from ..correlation import granulated_psi, percentile_ci, psi_bootstrap, rank_measures, resample_indices
+from ..correlation import rank_measures
 from ..errors import FileFormatError, SgdregError
 from ..jsonio import load_json
 from ..trace import SCHEMA as TRACE_SCHEMA
@@ -63,8 +69,8 @@ CORRELATION_SCHEMA = "sgdreg.correlation/1"
 GAPS = ("acc_gap", "gen_gap")
 DEFAULT_GAP = "acc_gap"
 DEFAULT_OPTIONS: dict[str, Any] = {
-    "flatness": True, "curvature": False, "seed": 0, "num_samples": 16, "num_steps": 10,
-    "num_bisection": 20, "target_drop": 0.1, "margin_q": 10.0}
+    "flatness": True, "curvature": False, "seed": 0, "num_samples": 16, "num_steps": 20,
+    "num_restarts": 4, "num_bisection": 20, "target_drop": 0.1, "margin_q": 10.0}
 FINAL_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "gen_gap", "acc_gap")
 TRACE_FINAL = ("grad_norm_sq", "igr_gd", "igr_sgd_var", "minibatch_grad_norm_sq", "grad_var_est")
 TRACE_CURVATURE = ("hessian_trace", "lambda_max", "grad_var", "batch_sharpness")
@@ -74,7 +80,8 @@ NOT_HYPERPARAMS = ("seed", "data_dir", "log_every", "eval_chunk", "stop_loss", "
                    "hessian_n", "slq")
 LAYER_PREFIXES = ("spectral_norm_", "frobenius_norm_", "dist_fro_init_", "dist_spec_init_")
 NOT_RANKED = ("margin", "path_norm_sqrt", "pacbayes_sigma", "pacbayes_mag_sigma",
-              "sharpness_radius", "mag_sharpness_radius")
+              "sharpness_radius", "mag_sharpness_radius", "pacbayes_sigma_se",
+              "pacbayes_mag_sigma_se")
 FAMILIES = ("norm", "margin", "flatness", "curvature", "implicit reg.", "optimization")
 
 
@@ -235,8 +242,8 @@ def run_measures(files: RunFiles, doc: dict, target: float | None, options: dict
 
         c = measure_curvature(model, cfg, ds, seed=options["seed"])
         tm |= {k: c[k] for k in TRACE_CURVATURE if c.get(k) is not None}
-    kw = {k: options[k] for k in ("num_samples", "num_steps", "num_bisection", "target_drop",
-                                  "margin_q", "flatness")}
+    kw = {k: options[k] for k in ("num_samples", "num_steps", "num_restarts", "num_bisection",
+                                  "target_drop", "margin_q", "flatness")}
     out = compute_measures(model, s.model0, s.problem.objective, (s.data.x_train, s.data.y_train),
                            jax.random.key(options["seed"]), trace_metrics=tm, **kw)
     if "grad_var_est" in tm:
@@ -394,26 +401,27 @@ def frame(rows: Sequence[dict], hps: Sequence[str]) -> pd.DataFrame:
 
 def rank(df: pd.DataFrame, measures: Sequence[str], gap: str, hps: Sequence[str], *,
          num_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> list[dict]:
-    """``rank_measures`` rows (τ, CI, counts; sorted by |τ|) with Ψ, ``psi_ci`` and ψ_i over
-    ``hps``, the seed defining the groups; plus the measure's ``family``."""
+    """``rank_measures`` rows (τ, CI, Ψ, ``psi_ci``, ψ_i over ``hps``, the seed defining the
+    groups; counts; sorted by |τ|) plus the measure's ``family``."""
     check_options(num_resamples=num_resamples, level=level)
-    rows = rank_measures(df, measures, gap, None, num_resamples, level, seed)
     group_by = ["seed"] if df["seed"].nunique(dropna=False) > 1 else []
-    idx = resample_indices(len(df), num_resamples, seed)  # the resamples of rank_measures
+    rows = rank_measures(df, measures, gap, list(hps), num_resamples, level, seed,
+                         group_by=group_by)
     for row in rows:
         row["family"] = family(row["measure"])
-        if not hps:
-            row |= {"psi": math.nan, "psi_ci": [math.nan, math.nan], "psi_per_hp": {}}
-            continue
-        per = granulated_psi(df, row["measure"], gap, [*hps, *group_by])[1]
-        per = {h: per[h] for h in hps}
-        finite = [v for v in per.values() if not math.isnan(v)]
-        row["psi"] = float(np.mean(finite)) if finite else math.nan
-        row["psi_per_hp"] = per
-        boot = psi_bootstrap(df, row["measure"], gap, hps, group_by, idx) if len(idx) else \
-            np.zeros(0)
-        row["psi_ci"] = list(percentile_ci(boot, level))
     return rows
+
+
+def sigma_rel_se(df: pd.DataFrame) -> dict[str, float]:
+    """Median over runs of se(σ)/σ for the plain and magnitude-aware PAC-Bayes σ (the sampling
+    error of the flatness search from its noise draws; empty without flatness measures)."""
+    out = {}
+    for p in ("pacbayes", "pacbayes_mag"):
+        if f"{p}_sigma_se" in df and f"{p}_sigma" in df:
+            rel = (pd.to_numeric(df[f"{p}_sigma_se"], errors="coerce")
+                   / pd.to_numeric(df[f"{p}_sigma"], errors="coerce")).abs()
+            out[p] = float(rel.median()) if rel.notna().any() else math.nan
+    return out
 
 
 MAX_RESAMPLES = 10**7
@@ -441,7 +449,9 @@ def correlate(run_dir: str | Path, *, gap: str = DEFAULT_GAP, target_loss: float
               progress: Progress | None = None, **options) -> dict:
     """The whole study on ``run_dir`` (module docstring); writes measures.json and
     correlation.json there and returns the latter: ``gap``, ``target_loss``, ``hyperparams``,
-    ``num_runs``, ``num_kept``, ``discarded`` (run, reason), ``train_loss_range`` of the kept
+    ``num_runs``, ``num_kept``, ``stopped_at_target`` (kept runs trained with stop_loss = L*),
+    ``sigma_rel_se`` (median se(σ)/σ, ``sigma_rel_se``),
+    ``discarded`` (run, reason), ``train_loss_range`` of the kept
     runs, ``ranking`` (``rank`` rows) and the bootstrap settings."""
     check_options(gap=gap, target_loss=target_loss, num_resamples=num_resamples, level=level,
                   seed=seed)
@@ -464,13 +474,19 @@ def correlate(run_dir: str | Path, *, gap: str = DEFAULT_GAP, target_loss: float
                    f"({num_resamples} resamples)")
     ranking = rank(df, names, gap, hps, num_resamples=num_resamples, level=level, seed=seed)
     losses = pd.to_numeric(df["train_loss"], errors="coerce")
+    target = table["target_loss"]
+    stopped = sum(target is not None and r["config"].get("stop_loss") == target for r in kept)
+    if target is not None and stopped < len(kept):
+        say(progress, f"{len(kept) - stopped} of {len(kept)} runs were not trained with "
+                       f"stop_loss = {target:g}: compared at their final step, not at L*")
     doc = {"schema": CORRELATION_SCHEMA, "gap": gap, "target_loss": table["target_loss"],
            "hyperparams": hps, "hyperparam_values": {h: sorted(map(str, df[h].unique()))
                                                      for h in hps},
            "seeds": sorted(df["seed"].unique().tolist()), "num_runs": len(table["runs"]),
-           "num_kept": len(kept), "discarded": discarded,
+           "num_kept": len(kept), "stopped_at_target": stopped, "discarded": discarded,
            "train_loss_range": [float(losses.min()), float(losses.max())],
            "gap_range": [float(pd.to_numeric(df[gap]).min()), float(pd.to_numeric(df[gap]).max())],
+           "sigma_rel_se": sigma_rel_se(df),
            "num_resamples": num_resamples, "level": level, "seed": seed,
            "options": table["options"], "wall_time_s": time.perf_counter() - start,
            "ranking": ranking}

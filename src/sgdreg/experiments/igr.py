@@ -1,5 +1,5 @@
 """Implicit gradient regularization made visible (Barrett & Dherin 2021; Smith et al. 2021;
-SCIENCE.md §2). Config → results only; the figures are ``sgdreg.plotting.igr``.
+docs/science.md#implicit-regularization). Config → results only; the figures are ``sgdreg.plotting.igr``.
 
 * ``backward_error_check``: from one θ0, GD with step h, the plain flow dθ/dt = −∇L and the
   modified flow dθ/dt = −∇(L + (h/4)‖∇L‖²) at matched times t = k·h. Globally GD is O(h) from
@@ -424,11 +424,9 @@ def at_loss(metrics: dict, target: float) -> dict | None:
             "test_loss": metrics["test_loss"][i], "train_loss": L[i]}
 
 
-def kendall_tau(x: Sequence[float | None], y: Sequence[float | None]) -> float | None:
-    """Kendall τ_a (``correlation.kendall_tau``, pairs with a None dropped); None instead of NaN
-    when fewer than 2 points remain."""
-    tau = correlation.kendall_tau(list(x), list(y))
-    return None if math.isnan(tau) else float(tau)
+def _or_none(v: float) -> float | None:
+    """NaN (e.g. τ of fewer than 2 points) → None: JSON null."""
+    return None if math.isnan(v) else float(v)
 
 
 def igr_sweep(base: RunConfig, lrs: Sequence[float] = SWEEP_LRS,
@@ -544,10 +542,9 @@ def sweep_trends(rows: Sequence[dict]) -> list[dict]:
                 entry = {"against": against, fixed: v0, "view": view, "n": len(xs)}
                 for k in keys:
                     means = [_mean([per[sd][x].get(k) for sd in seeds if x in per[sd]]) for x in xs]
-                    entry[f"tau_{k}"] = kendall_tau(xs, means)
-                    entry[f"tau_{k}_per_seed"] = [
-                        kendall_tau(list(per[sd]), [v.get(k) for v in per[sd].values()])
-                        for sd in seeds]
+                    entry[f"tau_{k}"] = _or_none(correlation.kendall_tau(xs, means))
+                    entry[f"tau_{k}_per_seed"] = [_or_none(correlation.kendall_tau(
+                        list(per[sd]), [v.get(k) for v in per[sd].values()])) for sd in seeds]
                 out.append(entry)
     return out
 

@@ -48,6 +48,7 @@ RUN_STATUSES = ("running", "completed", "diverged", "failed")
 #: Field kinds of the index checked on resume.
 INDEX_SPEC = {"schema": "str", "grid": "object", "status": "str", "runs": "list",
               "wall_time_s": "number"}
+MANIFEST = "shards.json"  # a sharded sweep's manifest (``sgdreg.sweep.shard``)
 
 
 # ---------------------------------------------------------------- devices
@@ -129,6 +130,12 @@ def sweep_chunk(states: dyn.TrainState, consts: RunConsts, problem_static, share
                                                           num_steps)
 
 
+@jax.jit
+def _freeze(stopped, done):
+    """``TrainState.stopped`` of the runs that reached their stop_loss set (jit: global arrays)."""
+    return stopped | done
+
+
 def _stack(trees):
     return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
@@ -140,6 +147,51 @@ def _pad(tree, size: int):
         return np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]) if extra else a
 
     return jax.tree.map(pad, tree)
+
+
+# ---------------------------------------------------------------- committed progress
+
+
+def load_commit(root: Path, g: Group, *, block: int | None = None, check_state: bool = True
+                ) -> tuple[dict | None, dict[int, list[dict]]]:
+    """Group ``g``'s last commit under ``root/checkpoints`` (None: none) and its committed rows
+    (run index → rows), checked: the group file, the rows up to the committed length and, with
+    ``check_state``, an unfinished group's state-file header (the state itself is loaded when
+    the group continues). A reader of another live writer's commits passes
+    ``check_state=False`` (the writer removes older state files; group files are replaced
+    atomically and rows only grow past the committed length, so what is read is a commit)."""
+    path = root / "checkpoints" / f"{g.name}.json"
+    rows_path = root / "checkpoints" / f"{g.name}.rows.jsonl"
+    rows: dict[int, list[dict]] = {i: [] for i in g.runs}
+    if not path.exists():
+        return None, rows
+    meta = load_checked(path, "sweep group file", GROUP_SPEC, schema=GROUP_SCHEMA,
+                        error=CheckpointError)
+    if meta["runs"] != g.runs or len(meta["run_status"]) != len(g.runs):
+        raise CheckpointError(f"{path} does not belong to this sweep's {g.name}")
+    for rs in meta["run_status"]:
+        if not isinstance(rs, dict) or rs.get("status") not in RUN_STATUSES or not all(
+                k in rs for k in ("detail", "diverged_step")):
+            raise CheckpointError(f"{path}: not a valid sweep group file: run_status "
+                                  "entries must be objects with status (one of "
+                                  f"{', '.join(RUN_STATUSES)}), detail and diverged_step")
+    if block and meta["block"] != block:
+        raise ConfigError(f"--block {block}: {g.name} of this sweep runs in blocks of "
+                          f"{meta['block']} (a run's numbers depend on it); resume without "
+                          "--block or with the same value")
+    if not meta["finished"] and check_state:
+        if not meta["state_file"]:
+            raise CheckpointError(f"{path}: an unfinished group names no state file")
+        read_header(root / "checkpoints" / meta["state_file"])
+    for chunk in read_json_lines(rows_path, "sweep rows file", nbytes=meta["rows_bytes"],
+                                 error=CheckpointError):
+        try:
+            for i, row in chunk:
+                rows[i].append(row)
+        except (TypeError, ValueError, KeyError):
+            raise CheckpointError(f"{rows_path}: a line is not a list of [run index, row] "
+                                  "pairs of this group") from None
+    return meta, rows
 
 
 # ---------------------------------------------------------------- running
@@ -160,19 +212,26 @@ class SweepResult:
 def run_sweep(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig],
               out_dir: str | os.PathLike, resume: bool = False,
               devices: int | Sequence[Any] | None = None, *, progress: ProgressFn | None = None,
-              distributed: bool = False, save_models: bool = False,
-              block: int | None = None) -> SweepResult:
+              distributed: bool | Mapping[str, Any] = False, save_models: bool = False,
+              block: int | None = None, shard: tuple[int, int] | None = None) -> SweepResult:
     """Run every run of ``grid`` into ``out_dir`` (layout and resume: ``sgdreg.sweep``).
 
     ``resume=True`` continues a sweep in ``out_dir`` from its last committed chunk (or starts it
     when there is none); without it an existing sweep there is an error. ``devices``: None for
     all, an int for the first n, or a list of devices. ``progress`` receives a dict after every
-    chunk. ``distributed=True`` calls ``jax.distributed.initialize()`` first. ``block``: runs per
+    chunk. ``distributed=True`` calls ``jax.distributed.initialize()`` first (a mapping:
+    its keyword arguments, e.g. ``{"coordinator_address": "10.0.0.1:1234", "num_processes": 2,
+    "process_id": i}``; nothing when JAX is initialized already). ``block``: runs per
     vmapped block, default min(``DEFAULT_BLOCK``, runs in the group). A run's numbers depend on
     its block size and on nothing else of the sweep (device count, other runs), so compare
     sweeps bit for bit at the same block. On CPU blocks of 4–8 are fastest (larger ones leave the
     cache); on accelerators raise it (one block per device). ``save_models`` writes each run's
     final model to ``models/<run_id>.eqx``.
+
+    ``shard=(i, N)``: run only shard i of N (``sgdreg.sweep.shard``: the rule, the layout, the
+    checks), into an ``out_dir`` that any number of shards share; a shard always continues its
+    own last commits (rerunning a finished shard runs nothing) and ``resume`` is implied. The
+    result's traces are this shard's runs; its index merges every shard's commits.
 
     Example:
         >>> sgdreg.run_sweep({"base": {"optimizer": "sgd", "steps": 300},
@@ -182,18 +241,49 @@ def run_sweep(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig],
     if block is not None and block < 1:
         raise ConfigError(f"--block must be ≥ 1, got {block}")
     if distributed and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+        jax.distributed.initialize(**(distributed if isinstance(distributed, Mapping) else {}))
+    if shard is not None:
+        return _run_shard(grid, Path(out_dir), shard, devices, progress, save_models, block)
     plan = plan_sweep(grid)
     devs = select_devices(devices)
+    if (Path(out_dir) / MANIFEST).exists():  # before the lock (which cleans temp files)
+        raise ConfigError(f"{out_dir} holds a sharded sweep; run it with --shard i/N "
+                          "(shard=(i, N)), see it with --status, or choose another --out")
     if jax.process_index() != 0:  # only process 0 writes (and locks)
         return _Sweep(plan, Path(out_dir), resume, devs, progress, save_models, block).run()
     with output_lock(out_dir, "sweep"):
         return _Sweep(plan, Path(out_dir), resume, devs, progress, save_models, block).run()
 
 
+def _run_shard(grid, out: Path, shard, devices, progress, save_models, block) -> SweepResult:
+    """Shard i of N into ``out``: checks (shard spec, the other shards' manifest, the lock of an
+    unsharded sweep) before anything is written, then the manifest (first shard only), then this
+    shard's lock and its groups."""
+    from ..locking import check_unlocked
+    from . import shard as sh
+
+    i, n = sh.check_shard(shard)
+    plan = plan_sweep(grid)
+    devs = select_devices(devices)
+    if out.is_dir():
+        check_unlocked(out)  # an unsharded sweep writing there
+    if jax.process_index() == 0:
+        sh.ensure_manifest(out, plan, n, block)
+    else:
+        sh.check_manifest(out, plan, n, block)
+    part = sh.shard_plan(plan, i, n)
+    if jax.process_index() != 0:
+        return _Sweep(part, out, True, devs, progress, save_models, block, shard=(i, n),
+                      full_plan=plan).run()
+    with output_lock(sh.shard_dir(out, i, n), f"sweep --shard {i}/{n}"):
+        sh.clean_run_temps(out, [plan.runs[k] for g in part.groups for k in g.runs])
+        return _Sweep(part, out, True, devs, progress, save_models, block, shard=(i, n),
+                      full_plan=plan).run()
+
+
 def check_sweep_dir(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig],
                     out_dir: str | os.PathLike, resume: bool = False,
-                    block: int | None = None) -> None:
+                    block: int | None = None, shard: tuple[int, int] | None = None) -> None:
     """The checks ``run_sweep`` makes on ``out_dir`` before it writes anything, without running
     or writing (for a validation pass): another live process's lock, an existing sweep without
     ``resume``, a different grid, and with ``resume`` every committed group file, rows file and
@@ -201,9 +291,26 @@ def check_sweep_dir(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfi
     from ..locking import check_unlocked
 
     out = Path(out_dir)
+    if shard is not None:  # the checks of _run_shard, then this shard's commits
+        from . import shard as sh
+
+        i, n = sh.check_shard(shard)
+        plan = plan_sweep(grid)
+        if out.is_dir():
+            check_unlocked(out)
+            check_unlocked(sh.shard_dir(out, i, n))
+        if sh.check_manifest(out, plan, n, block) is not None:
+            s = _Sweep(sh.shard_plan(plan, i, n), out, True, select_devices(1), None, False,
+                       block, shard=(i, n))
+            for g in s.plan.groups:
+                s._load(g)
+        return
     check_unlocked(out)
     if not out.exists():
         return
+    if (out / MANIFEST).exists():
+        raise ConfigError(f"{out} holds a sharded sweep; run it with --shard i/N, see it with "
+                          "--status, or choose another --out")
     s = _Sweep(plan_sweep(grid), out, resume, select_devices(1), None, False, block)
     if resume:
         for g in s.plan.groups:
@@ -214,8 +321,12 @@ class _Sweep:
     """One execution of a plan into ``out``: groups in order, a commit after every chunk."""
 
     def __init__(self, plan: Plan, out: Path, resume: bool, devices: list, progress, save_models,
-                 block: int):
+                 block: int, shard: tuple[int, int] | None = None,
+                 full_plan: Plan | None = None):
         self.plan, self.out, self.resume, self.devices = plan, out, resume, devices
+        self.shard = shard  # (i, N): commits under shards/<i>-of-<N>/, the index merged
+        self.full_plan = full_plan or plan  # every group of the grid (for the merged index)
+        self.ckpt_root = out if shard is None else out / "shards" / f"{shard[0]}-of-{shard[1]}"
         self.progress, self.save_models, self.block = progress, save_models, block
         self.writer = jax.process_index() == 0
         self.metas: dict[int, dict | None] = {}  # group id → committed progress
@@ -235,7 +346,7 @@ class _Sweep:
     def _block(self, g: Group) -> int:
         """Runs per vmapped block: a resumed group keeps the block it started with."""
         meta = self.metas.get(g.id) or {}
-        return meta.get("block") or self.block or min(DEFAULT_BLOCK, len(g.runs))
+        return meta.get("block") or self.block or min(DEFAULT_BLOCK, g.full_size or len(g.runs))
 
     def _padded(self, g: Group) -> int:
         """Run count padded to whole blocks on every device."""
@@ -245,7 +356,13 @@ class _Sweep:
     def _path(self, *parts) -> Path:
         return self.out.joinpath(*parts)
 
+    def _ckpt(self, *parts) -> Path:
+        """``checkpoints/...`` of this sweep (of this shard: under ``shards/<i>-of-<N>/``)."""
+        return self.ckpt_root.joinpath("checkpoints", *parts)
+
     def _check_out_dir(self):
+        if self.shard is not None:  # the manifest was checked by _run_shard
+            return
         index = self._path("sweep.json")
         if not index.exists():
             return
@@ -270,9 +387,11 @@ class _Sweep:
             return self._as_found()  # a finished sweep: resuming it changes nothing
         if self.writer:
             self.out.mkdir(parents=True, exist_ok=True)
-        # the traces of groups finished before this resume, for the index (not rewritten)
-        self._views([g for g in self.plan.groups if (self.metas[g.id] or {}).get("finished")],
-                    write=False)
+        # the traces of groups finished before this resume, for the index (rewritten only
+        # where a kill between a group's last commit and its traces left them stale)
+        finished = [g for g in self.plan.groups if (self.metas[g.id] or {}).get("finished")]
+        self._views(finished, write=False)
+        self._heal(finished)
         try:
             with engine.stoppable(self._abort):
                 for g in self.plan.groups:
@@ -288,7 +407,25 @@ class _Sweep:
         self.status = "completed"
         with self.io:
             index = self._views([])
-        return SweepResult(self.out, index, [self.docs[r.index] for r in self.plan.runs])
+        mine = sorted(i for g in self.plan.groups for i in g.runs)  # a shard: its runs
+        return SweepResult(self.out, index, [self.docs[i] for i in mine])
+
+    def _heal(self, groups: Sequence[Group]) -> None:
+        """Rewrite the traces of finished ``groups`` whose file is missing or differs from the
+        commits in status or metrics (the commit precedes the traces' rewrite)."""
+        if not self.writer:
+            return
+        for g in groups:
+            for i in g.runs:
+                path = self._path("traces", f"{self.plan.runs[i].run_id}.json")
+                try:
+                    old = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    old = None
+                doc = self.docs[i]
+                if not isinstance(old, dict) or (old.get("status"), old.get("metrics")) != (
+                        doc["status"], doc["metrics"]):
+                    atomic_write_text(path, json.dumps(doc, allow_nan=False))
 
     def _unfinished(self) -> list[Group]:
         return [g for g in self.plan.groups
@@ -325,45 +462,14 @@ class _Sweep:
     # ---- committed progress of a group: checkpoints/group-NNN.{json,rows.jsonl,cKKKKK.eqx}
 
     def _meta_path(self, g: Group) -> Path:
-        return self._path("checkpoints", f"{g.name}.json")
+        return self._ckpt(f"{g.name}.json")
 
     def _rows_path(self, g: Group) -> Path:
-        return self._path("checkpoints", f"{g.name}.rows.jsonl")
+        return self._ckpt(f"{g.name}.rows.jsonl")
 
     def _load(self, g: Group) -> dict | None:
-        """``g``'s last commit (None: none), checked: the group file, its committed rows and,
-        for an unfinished group, its state file's header (the state itself is loaded when the
-        group continues)."""
-        path = self._meta_path(g)
-        if not path.exists():
-            return None
-        meta = load_checked(path, "sweep group file", GROUP_SPEC, schema=GROUP_SCHEMA,
-                            error=CheckpointError)
-        if meta["runs"] != g.runs or len(meta["run_status"]) != len(g.runs):
-            raise CheckpointError(f"{path} does not belong to this sweep's {g.name}")
-        for rs in meta["run_status"]:
-            if not isinstance(rs, dict) or rs.get("status") not in RUN_STATUSES or not all(
-                    k in rs for k in ("detail", "diverged_step")):
-                raise CheckpointError(f"{path}: not a valid sweep group file: run_status "
-                                      "entries must be objects with status (one of "
-                                      f"{', '.join(RUN_STATUSES)}), detail and diverged_step")
-        if self.block and meta["block"] != self.block:
-            raise ConfigError(f"--block {self.block}: {g.name} of this sweep runs in blocks of "
-                              f"{meta['block']} (a run's numbers depend on it); resume without "
-                              "--block or with the same value")
-        if not meta["finished"]:
-            if not meta["state_file"]:
-                raise CheckpointError(f"{path}: an unfinished group names no state file")
-            read_header(self._path("checkpoints", meta["state_file"]))
-        rows: dict[int, list[dict]] = {i: [] for i in g.runs}
-        for chunk in read_json_lines(self._rows_path(g), "sweep rows file",
-                                     nbytes=meta["rows_bytes"], error=CheckpointError):
-            try:
-                for i, row in chunk:
-                    rows[i].append(row)
-            except (TypeError, ValueError, KeyError):
-                raise CheckpointError(f"{self._rows_path(g)}: a line is not a list of "
-                                      "[run index, row] pairs of this group") from None
+        """``g``'s last commit (None: none), checked (``load_commit``); its rows are kept."""
+        meta, rows = load_commit(self.ckpt_root, g, block=self.block)
         for i, rs in rows.items():
             self.rows[i].extend(rs)
         return meta
@@ -388,12 +494,12 @@ class _Sweep:
                 f.seek(meta["rows_bytes"])
                 f.write(line)
             if meta["state_file"]:
-                save_tree(self._path("checkpoints", meta["state_file"]), host_states,
+                save_tree(self._ckpt(meta["state_file"]), host_states,
                           {"group": g.id, "chunk": meta["chunk"], "step": meta["step"]})
         meta["rows_bytes"] += len(line)
         if self.writer:
             atomic_write_text(self._meta_path(g), json.dumps(to_json_value(meta)))
-            for f in self._path("checkpoints").glob(f"{g.name}.c*.eqx"):
+            for f in self._ckpt().glob(f"{g.name}.c*.eqx"):
                 if f.name != meta["state_file"]:
                     f.unlink(missing_ok=True)
 
@@ -423,7 +529,7 @@ class _Sweep:
         if meta is None:  # nothing committed: start the group
             meta = self.metas[g.id] = self._new_meta(g)
         else:  # an unfinished commit always names its state file
-            host_states, _ = load_tree(self._path("checkpoints", meta["state_file"]), host_states)
+            host_states, _ = load_tree(self._ckpt(meta["state_file"]), host_states)
 
         size = self._padded(g)
         mesh = jax.sharding.Mesh(np.array(self.devices), ("runs",))
@@ -447,6 +553,10 @@ class _Sweep:
             meta["step"] += n
             meta["chunk"] += 1
             new_rows = self._record(runs, meta, step, div, failed, metrics)
+            done = np.array([rs["status"] == "completed" for rs in meta["run_status"]])
+            if done.any() and not meta["finished"]:  # reached stop_loss: frozen from now on
+                states = eqx.tree_at(lambda s: s.stopped, states, _freeze(
+                    states.stopped, _place(_pad(done, size), by_run)))
             host_states = jax.tree.map(lambda a: a[: len(runs)], _gather(states))
             if meta["finished"] and self.save_models:
                 self._save_models(runs, setups, host_states)
@@ -456,7 +566,7 @@ class _Sweep:
                 if meta["finished"] or time.perf_counter() - self.last_views > VIEW_EVERY_S:
                     self._views([g])
             if self.progress:
-                self.progress({"group": g.id, "groups": len(self.plan.groups), "runs": len(runs),
+                self.progress({"group": g.id, "groups": len(self.full_plan.groups), "runs": len(runs),
                                "step": meta["step"], "steps": cfg.steps,
                                "diverged": sum(r["status"] == "diverged"
                                                for r in meta["run_status"])})
@@ -464,7 +574,8 @@ class _Sweep:
     def _record(self, runs, meta, step, div, failed, metrics) -> list:
         """Rows of the runs still going, exactly as ``engine.execute`` writes them: a discrete
         run that diverged gets its last row at its divergence step and stops; a flow whose
-        solve failed or went non-finite stops without a row."""
+        solve failed or went non-finite stops without a row; a run whose logged train_loss
+        (after step 0) is ≤ its ``stop_loss`` is ``completed`` there (then frozen: ``_freeze``)."""
         new = []
         for i, (r, rs) in enumerate(zip(runs, meta["run_status"])):
             if rs["status"] != "running":
@@ -485,6 +596,10 @@ class _Sweep:
             elif failed[i]:
                 rs.update(status="failed",
                           detail=f"flow solver stopped before t={t_end:g} (max steps reached)")
+            elif (r.cfg.stop_loss is not None and meta["chunk"] > 0
+                  and row.get("train_loss") is not None and row["train_loss"] <= r.cfg.stop_loss):
+                rs.update(status="completed", detail=f"reached train_loss ≤ {r.cfg.stop_loss:g} "
+                                                     f"at step {int(step[i])}")
             elif meta["step"] >= r.cfg.steps:
                 rs["status"] = "completed"
         meta["finished"] = all(rs["status"] != "running" for rs in meta["run_status"])
@@ -520,8 +635,9 @@ class _Sweep:
                 "dataset": self.plan.datasets[r.data_key].describe(), **self.common,
                 "seed": r.cfg.seed, **self.model_info[r.index], "probes": {},
                 "sweep": {"name": self.plan.grid.name, "index": r.index, "group": g.id,
-                          "group_size": len(g.runs), "grid_values": r.overrides,
-                          "devices": len(self.devices), "block": self._block(g)}})
+                          "group_size": g.full_size or len(g.runs), "grid_values": r.overrides,
+                          "devices": len(self.devices), "block": self._block(g),
+                          **({"shard": list(self.shard)} if self.shard else {})}})
         w = TraceWriter(None, self.headers[r.index])
         w.rows = self.rows[r.index]
         status, detail = rs["status"], rs["detail"]
@@ -549,14 +665,15 @@ class _Sweep:
         if not write:
             return None
         self.last_views = time.perf_counter()
+        if self.shard is not None:  # the index of every shard's commits (after ours)
+            from .shard import merge_index
+
+            return merge_index(self.out, self.full_plan, own=self.shard[0],
+                               own_live=self.status != "interrupted", write=self.writer)
         index = self._index()
         if self.writer:
             atomic_write_text(self._path("sweep.json"), json.dumps(index, allow_nan=False))
-            cols, rows = summary_table(index)
-            buf = io.StringIO()
-            csv.writer(buf).writerows([cols] + [["" if v is None else v for v in r]
-                                                for r in rows])
-            atomic_write_text(self._path("summary.csv"), buf.getvalue())
+            write_table(self.out, index)
         return index
 
     def _index(self) -> dict:
@@ -604,6 +721,14 @@ class _Sweep:
                 r0.cfg, dataset_shape(ds), out_size=ds.out_size, n_test=ds.n_test,
                 runs=len(g.runs), block=self._block(g), shared_data=g.shared_data)
         return self.memory[g.id]
+
+
+def write_table(out: Path, index: dict) -> None:
+    """``summary.csv`` (atomic): ``summary_table`` of ``index``."""
+    cols, rows = summary_table(index)
+    buf = io.StringIO()
+    csv.writer(buf).writerows([cols] + [["" if v is None else v for v in r] for r in rows])
+    atomic_write_text(out / "summary.csv", buf.getvalue())
 
 
 def summary_table(index: dict) -> tuple[list[str], list[list[Any]]]:
