@@ -31,10 +31,15 @@ def sweep(
     = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Start afresh in a non-empty --out: "
                                    "remove this command's files there first (sweep.json, "
-                                   "summary.csv, checkpoints/, the traces in traces/, "
-                                   "models/*.eqx); other files stay.")] = False,
+                                   "summary.csv, checkpoints/, shards.json, shards/, the traces "
+                                   "in traces/, models/*.eqx); other files stay.")] = False,
     dry_run: Annotated[bool, Opt("--dry-run", help="Show the groups and memory estimates; "
                                  "run nothing.")] = False,
+    shard: Annotated[str | None, Opt("--shard", metavar="i/N", help="Run only shard i of N "
+                                     "(0 ≤ i < N) into --out, which any number of shards share "
+                                     "(Slurm arrays); rerunning a shard continues it.")] = None,
+    status: Annotated[bool, Opt("--status", help="Show what the sweep in --out has committed "
+                                "(every shard merged); run nothing, write nothing.")] = False,
     json: Annotated[bool, Opt("--json", help="Print the sweep index on stdout.")] = False,
 ):
     """Run every configuration of a grid file as vmapped runs in one compiled program per group.
@@ -50,9 +55,30 @@ def sweep(
       sgdreg sweep experiments/sweep_digits.toml --out runs/digits --resume
 
       sgdreg sweep grid.toml --devices 1 --dry-run
+
+      sgdreg sweep grid.toml --out runs/grid --shard $SLURM_ARRAY_TASK_ID/8
+
+      sgdreg sweep grid.toml --out runs/grid --status
     """
     if resume and out is None:
         raise UsageProblem("--resume needs --out (the directory of the sweep to continue)")
+    if status:
+        return _status(grid, out, json, shard=shard, other=resume or overwrite or dry_run)
+    spec = None
+    if shard is not None:
+        from sgdreg.config import ConfigError
+        from sgdreg.sweep.shard import parse_shard
+
+        try:
+            spec = parse_shard(shard)
+        except ConfigError as e:
+            raise UsageProblem(str(e)) from None
+        if out is None:
+            raise UsageProblem("--shard needs --out (the directory every shard shares)")
+        if overwrite:
+            raise UsageProblem("--overwrite cannot be combined with --shard (other shards "
+                               "share --out); remove the directory to start afresh")
+        resume = True  # a shard continues its own commits
     check_int("--devices", devices, 1, 1 << 20)
     check_int("--block", block, 1, 1 << 20)
     if grid.exists() and not grid.is_file():
@@ -69,15 +95,23 @@ def sweep(
         _show_plan(sw, g, devices, block, json)
         return
     if resume:  # every state file checked before anything is printed or rewritten
-        sw.check_sweep_dir(g, dest, resume=True, block=block)
+        sw.check_sweep_dir(g, dest, resume=True, block=block, shard=spec)
     if overwrite:
         from .app import make_output
+
+        if (dest / "shards").is_dir():  # a sharded sweep: none of its shards may be running
+            from sgdreg.locking import check_unlocked
+
+            for d in sorted((dest / "shards").iterdir()):
+                if d.is_dir():
+                    check_unlocked(d)
 
         make_output(dest, command="sweep")  # locked while the old sweep's files are removed
         _clear_sweep(dest)
     plan_runs = len(g.runs())
     console.print(f"[bold]sweep[/] {g.name}: {plan_runs} runs → {dest}"
-                  + (" (resuming)" if resume else ""))
+                  + (f" (shard {spec[0]}/{spec[1]})" if spec else
+                     " (resuming)" if resume else ""))
 
     def progress(ev: dict):
         console.print(f"  group {ev['group'] + 1}/{ev['groups']} ({ev['runs']} runs): step "
@@ -85,15 +119,61 @@ def sweep(
                       + (f", {ev['diverged']} diverged" if ev["diverged"] else ""),
                       highlight=False)
 
-    res = sw.run_sweep(g, dest, resume=resume, devices=devices, progress=progress,
-                       save_models=save_models, block=block)
+    res = sw.run_sweep(g, dest, resume=resume and spec is None, devices=devices,
+                       progress=progress, save_models=save_models, block=block, shard=spec)
+    if spec is not None:
+        mine = {t["sweep"]["index"] for t in res.traces}
+        res.index = {**res.index, "runs": [r for r in res.index["runs"] if r["index"] in mine]}
     cols, rows = _screen_table(res.index)
     print_table(f"{g.name}: final values (all columns in summary.csv)", cols, rows)
     console.print(f"{len(rows)} traces in {dest / 'traces'}; index {dest / 'sweep.json'}, "
                   f"table {dest / 'summary.csv'} ({res.index['wall_time_s']:.1f} s)")
+    if spec is not None:
+        console.print(_counts_line(res.index, "this shard"), highlight=False)
     if json:
         emit_json(res.index)
     return 1 if any(r["status"] == "failed" for r in res.index["runs"]) else 0
+
+
+def _counts_line(index: dict, what: str) -> str:
+    counts = {}
+    for r in index["runs"]:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return f"{what}: {len(index['runs'])} runs: " + ", ".join(f"{v} {k}"
+                                                             for k, v in counts.items())
+
+
+def _status(grid: Path, out: Path | None, json: bool, *, shard, other: bool) -> int:
+    """``--status``: the merged index of --out, printed (nothing run or written)."""
+    if out is None:
+        raise UsageProblem("--status needs --out (the directory of the sweep)")
+    if shard is not None or other:
+        raise UsageProblem("--status runs nothing: give it only the grid, --out and --json")
+    if grid.exists() and not grid.is_file():
+        raise UsageProblem(f"{grid}: is a directory, not a sweep file")
+    if not out.is_dir():
+        raise UsageProblem(f"--out {out}: no such directory")
+    from sgdreg import sweep as sw
+
+    index = sw.sweep_status(sw.load_grid(grid), out)
+    runs = index["runs"]
+    axes = list(runs[0]["grid_values"]) if runs else []
+    sharded = index["sharding"] is not None
+    cols = ["#", *axes, *(["shard"] if sharded else []), "status", "step",
+            *(label for _, label in SCREEN)]
+    rows = [[r["index"], *(r["grid_values"][a] for a in axes),
+             *([r["shard"]] if sharded else []),
+             r["status"] + (f"@{r['diverged_step']}" if r["diverged_step"] is not None else ""),
+             r["step"], *(r["summary"].get(k) for k, _ in SCREEN)] for r in runs]
+    print_table(f"{index['name']}: {index['status']}", cols, rows)
+    console.print(_counts_line(index, str(out)), highlight=False)
+    if sharded:
+        console.print("shards: " + ", ".join(f"{s['shard']}/{index['sharding']['num_shards']} "
+                                             f"{s['status']} ({s['finished']}/{s['runs']})"
+                                             for s in index["shards"]), highlight=False)
+    if json:
+        emit_json(index)
+    return 0
 
 
 def _clear_sweep(dest: Path) -> None:
@@ -102,11 +182,12 @@ def _clear_sweep(dest: Path) -> None:
 
     from .app import _is_trace
 
-    for name in ("sweep.json", "summary.csv"):
+    for name in ("sweep.json", "summary.csv", "shards.json"):
         if (dest / name).is_file():
             (dest / name).unlink()
-    if (dest / "checkpoints").is_dir():
-        shutil.rmtree(dest / "checkpoints")
+    for name in ("checkpoints", "shards"):
+        if (dest / name).is_dir():
+            shutil.rmtree(dest / name)
     for f in sorted((dest / "traces").glob("*.json")) if (dest / "traces").is_dir() else []:
         if _is_trace(f):
             f.unlink()

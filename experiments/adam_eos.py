@@ -1,5 +1,5 @@
 """Adam at the edge of stability (Cohen et al. 2022, "Adaptive gradient methods at the edge of
-stability"; SCIENCE.md §7).
+stability"; docs/science.md#adaptive-sharpness).
 
 Full-batch Adam (b1 = 0.9, b2 = 0.999, ε = 1e-8) on the first 256 digits training examples
 (standardized), tanh MLP 32×2, MSE loss, float64, h = 0.002, 0.004, 0.008 (38/h = 19,000, 9,500,
@@ -20,6 +20,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)  # the runs are float64, before any array
 
+from sgdreg.experiments import paper  # noqa: E402
 from sgdreg.experiments.adam_sharpness import run_adam_eos  # noqa: E402
 from sgdreg.plotting.adam_sharpness import render_adam_sharpness  # noqa: E402
 
@@ -30,7 +31,9 @@ CONFIG = dict(lrs=(0.002, 0.004, 0.008), seeds=(0, 1, 2), b1=0.9, dataset="digit
               settle_fraction=1 / 3, dtype="float64")
 
 
-def main():
+def main(argv=None):
+    if paper.at_scale(__file__, argv, __doc__) is None:
+        return
     start = time.perf_counter()
     res = run_adam_eos(**CONFIG, traces=False, out_dir=ROOT / "data" / NAME, progress=print)
     render_adam_sharpness(ROOT / "data" / NAME, ROOT / f"{NAME}.png")

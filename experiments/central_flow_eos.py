@@ -1,5 +1,5 @@
 """Central flow vs gradient flow vs modified flow at the edge of stability (Cohen, Damian et al.,
-"Understanding Optimization in Deep Learning with Central Flows"; SCIENCE.md §7).
+"Understanding Optimization in Deep Learning with Central Flows"; docs/science.md#central-flow).
 
 The ``eos`` setting made small: full-batch GD with h = 0.8 (2/h = 2.5) on 256 standardized digits
 training examples, tanh MLP 32×2, MSE, float64, 200 steps, seeds 0, 1, 2 (θ0 per seed); from the
@@ -19,6 +19,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)  # the runs are float64, before any array
 
+from sgdreg.experiments import paper  # noqa: E402
 from sgdreg.experiments.central_flow import MODELS, run_central_flow_comparison  # noqa: E402
 from sgdreg.plotting.central_flow import render_central_flow  # noqa: E402
 
@@ -29,7 +30,9 @@ CONFIG = dict(lr=0.8, dataset="digits", n_train=256, width=32, depth=2, steps=20
               sharpness_every=4, edge_fraction=0.95, rtol=1e-8, atol=1e-10, dtype="float64")
 
 
-def main():
+def main(argv=None):
+    if paper.at_scale(__file__, argv, __doc__) is None:
+        return
     start = time.perf_counter()
     res = run_central_flow_comparison(**CONFIG, out_dir=ROOT / "data" / NAME, progress=print)
     render_central_flow(ROOT / "data" / NAME, ROOT / f"{NAME}.png")

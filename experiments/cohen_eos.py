@@ -1,4 +1,4 @@
-"""Edge of stability (Cohen et al. 2021, Fig. 1; SCIENCE.md §3).
+"""Edge of stability (Cohen et al. 2021, Fig. 1; docs/science.md#curvature).
 
 Full-batch GD on all 1,438 digits training examples (standardized), tanh MLP 200×2, MSE loss
 (½‖f − onehot‖²), float32, seed 0, for h = 0.1, 0.2, 0.4 (2/h = 20, 10, 5), 3000 steps each;
@@ -16,6 +16,7 @@ needs) and figures/eos.png (+ .svg).
 import time
 from pathlib import Path
 
+from sgdreg.experiments import paper
 from sgdreg.experiments.eos import run_edge_of_stability
 from sgdreg.plotting.eos import render_eos
 
@@ -26,7 +27,9 @@ CONFIG = dict(lrs=(0.1, 0.2, 0.4), optimizer="gd", dataset="digits", n_train=Non
               settle_fraction=1 / 3, include_flow=True, seed=0, dtype="float32")
 
 
-def main():
+def main(argv=None):
+    if paper.at_scale(__file__, argv, __doc__) is None:
+        return
     start = time.perf_counter()
     res = run_edge_of_stability(**CONFIG, traces=False, out_dir=ROOT / "data" / NAME, progress=print)
     render_eos(ROOT / "data" / NAME, ROOT / f"{NAME}.png")

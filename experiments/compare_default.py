@@ -24,6 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sgdreg.experiments import paper
+
 ROOT = Path(__file__).resolve().parents[1] / "figures"
 DATA = ROOT / "data" / "compare_default"
 COMMAND = ["compare", "--optimizers", "gd,sgd", "--lr", "0.1"]
@@ -62,10 +64,12 @@ def mean_sd(values: list[float | None]) -> tuple[float, float] | None:
     return statistics.mean(v), statistics.stdev(v)
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
-    args = ap.parse_args()
+    args = paper.at_scale(__file__, argv, __doc__, parser=ap)
+    if args is None:
+        return
     runs: dict[str, list[dict]] = {"gd": [], "sgd": []}
     repo = ROOT.parent
     for seed in range(args.seeds):

@@ -20,6 +20,7 @@ import numpy as np
 
 from sgdreg.datasets import open_dataset
 from sgdreg.double_descent import feature_grid
+from sgdreg.experiments import paper
 from sgdreg.experiments.double_descent import rff_model_wise, rff_sample_wise
 from sgdreg.plotting.double_descent import render_double_descent
 from sgdreg.results import save_results, timed
@@ -42,7 +43,9 @@ def report(res, wall):
           f"N = {max(res['mean'], key=lambda r: r['norm'])['N']}; {wall:.0f} s")
 
 
-def main():
+def main(argv=None):
+    if paper.at_scale(__file__, argv, __doc__) is None:
+        return
     data = ROOT / "figures" / "data" / NAME
     digits = open_dataset("digits", preprocess="unit", dtype=np.float64)
     grid = feature_grid(N_TRAIN, num=25)

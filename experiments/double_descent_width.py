@@ -14,6 +14,7 @@ test error logged every epoch.
 from pathlib import Path
 
 from sgdreg.config import RunConfig
+from sgdreg.experiments import paper
 from sgdreg.experiments.double_descent import deep_epoch_wise, deep_model_wise
 from sgdreg.plotting.double_descent import render_double_descent
 from sgdreg.results import save_results, timed
@@ -28,7 +29,9 @@ MODEL_WISE = BASE.replace(steps=200 * STEPS_PER_EPOCH, log_every=200 * STEPS_PER
 EPOCH_WISE = BASE.replace(width=512, steps=1000 * STEPS_PER_EPOCH, log_every=STEPS_PER_EPOCH)
 
 
-def main():
+def main(argv=None):
+    if paper.at_scale(__file__, argv, __doc__) is None:
+        return
     data = ROOT / "figures" / "data" / NAME
     res, wall = timed(deep_model_wise, MODEL_WISE, WIDTHS, NOISES, SEEDS, progress=print)
     save_results(data, "double_descent_width", {**MODEL_WISE.to_dict(), "widths": WIDTHS,

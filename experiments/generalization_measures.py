@@ -1,4 +1,5 @@
-"""Jiang et al. 2020, "Fantastic generalization measures and where to find them" (SCIENCE.md §6),
+"""Jiang et al. 2020, "Fantastic generalization measures and where to find them"
+(docs/science.md#generalization-measures),
 at laptop scale: which measures of a trained network rank its generalization gap?
 
 Default grid (32 runs, CPU in minutes): one-hidden-layer ReLU MLP on scikit-learn digits, plain
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 from sgdreg.experiments import generalization as gz
+from sgdreg.experiments import paper
 from sgdreg.plotting.generalization import ranking_table, render_generalization
 from sgdreg.trace import atomic_write_json, device_info, versions
 
@@ -57,11 +59,13 @@ LARGE = {
 MEASURE_OPTIONS = {"flatness": True, "curvature": True}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", "--gpu", action="store_true", help="the 96-run MNIST grid")
     parser.add_argument("--out", type=Path, default=None, help="run directory")
-    args = parser.parse_args()
+    args = paper.at_scale(__file__, argv, __doc__, parser=parser)
+    if args is None:
+        return
     grid = LARGE if args.large else DEFAULT
     name = grid["name"]
     runs = args.out or ROOT / "sgdreg-runs" / name

@@ -1,4 +1,5 @@
-"""Backward error analysis of GD (Barrett & Dherin 2021, §2; SCIENCE.md §2, key validation).
+"""Backward error analysis of GD (Barrett & Dherin 2021, §2; docs/science.md#implicit-regularization, key
+validation).
 
 From one θ0 (seed 0): GD with step h, the plain gradient flow and the modified flow
 dθ/dt = −∇(L + (h/4)‖∇L‖²) to t = 2, for h = 0.2, 0.1, 0.05, 0.025, on 256 digits with a
@@ -19,7 +20,7 @@ from pathlib import Path
 import jax
 
 from sgdreg.config import RunConfig
-from sgdreg.experiments import igr
+from sgdreg.experiments import igr, paper
 from sgdreg.plotting.igr import render_backward_error
 
 jax.config.update("jax_enable_x64", True)  # the float64 checks need it, before any array
@@ -31,7 +32,9 @@ LRS = (0.2, 0.1, 0.05, 0.025)
 TIME = 2.0
 
 
-def main():
+def main(argv=None):
+    if paper.at_scale(__file__, argv, __doc__) is None:
+        return
     start = time.perf_counter()
     res = igr.backward_error_check(CONFIG, LRS, TIME, n_log=20, out_dir=ROOT / "data" / NAME,
                                    progress=print)

@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 
 from sgdreg.config import RunConfig
-from sgdreg.experiments import igr
+from sgdreg.experiments import igr, paper
 from sgdreg.plotting.igr import render_sweep
 
 jax.config.update("jax_enable_x64", True)  # as the other IGR scripts; this sweep runs in float32
@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1] / "figures"
 CONFIG = RunConfig(**igr.SWEEP_DEFAULTS)
 
 
-def main():
+def main(argv=None):
+    if paper.at_scale(__file__, argv, __doc__) is None:
+        return
     start = time.perf_counter()
     res = igr.igr_sweep(CONFIG, igr.SWEEP_LRS, igr.SWEEP_WIDTHS, seeds=igr.SWEEP_SEEDS,
                         time=150.0, target_loss=0.03, out_dir=ROOT / "data" / NAME, traces=False,

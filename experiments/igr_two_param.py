@@ -1,4 +1,4 @@
-"""The two-parameter model of Barrett & Dherin 2021 (Fig. 1; SCIENCE.md §2).
+"""The two-parameter model of Barrett & Dherin 2021 (Fig. 1; docs/science.md#implicit-regularization).
 
 E(a, b) = ½(y − a·b·x)² with x = y = 1 from (a, b) = (2.8, 3.5), run by the real engine
 (model f(x) = a·b·x, one example, loss mse, float64): GD at h = 0.005 and 0.05, the plain flow,
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jax
 
-from sgdreg.experiments import igr
+from sgdreg.experiments import igr, paper
 from sgdreg.plotting.igr import render_two_param
 
 jax.config.update("jax_enable_x64", True)  # the float64 checks need it, before any array
@@ -29,7 +29,9 @@ NAME = "igr_two_param"
 ROOT = Path(__file__).resolve().parents[1] / "figures"
 
 
-def main():
+def main(argv=None):
+    if paper.at_scale(__file__, argv, __doc__) is None:
+        return
     start = time.perf_counter()
     res = igr.two_param_example(igr.TWO_PARAM_LRS, h_small=0.005, h_moderate=0.05, time=20.0,
                                 x=1.0, y=1.0, out_dir=ROOT / "data" / NAME, progress=print)

@@ -1,5 +1,5 @@
 """Label-noise SGD drifts along the manifold of minima toward lower tr H (Blanc et al. 2020;
-Damian, Ma & Lee 2021; SCIENCE.md §7).
+Damian, Ma & Lee 2021; docs/science.md#label-noise-sgd).
 
 The 2-layer diagonal linear network f(x) = ⟨u⊙v, x⟩ (P = 40) on n = 10 noiseless examples in
 d = 20 of the sparse teacher w* = (1, −1, 0.5, 0, …), ½·MSE, float64. θ0 is a sharp global
@@ -20,6 +20,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+from sgdreg.experiments import paper  # noqa: E402
 from sgdreg.experiments.label_noise import run_label_noise  # noqa: E402
 from sgdreg.plotting.label_noise import render_label_noise  # noqa: E402
 
@@ -31,7 +32,9 @@ CONFIG = dict(n_train=10, dim=20, teacher=(1.0, -1.0, 0.5), imbalance=2.0, lr=0.
               methods=("label-noise-sgd", "sgd", "gd"), data_seed=0)
 
 
-def main():
+def main(argv=None):
+    if paper.at_scale(__file__, argv, __doc__) is None:
+        return
     start = time.perf_counter()
     res = run_label_noise(**CONFIG, out_dir=ROOT / "data" / NAME, progress=print)
     render_label_noise(ROOT / "data" / NAME, ROOT / f"{NAME}.png")

@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 
 from sgdreg.datasets import open_dataset
+from sgdreg.experiments import paper
 from sgdreg.experiments.kernel import min_norm_kernel
 from sgdreg.kernels import kernel_interpolate, random_label_norms
 from sgdreg.plotting.kernel import render_kernel
@@ -43,7 +44,9 @@ def run() -> dict:
     return res
 
 
-def main():
+def main(argv=None):
+    if paper.at_scale(__file__, argv, __doc__) is None:
+        return
     data = ROOT / "figures" / "data" / NAME
     res, wall = timed(run)
     save_results(data, "kernel", CONFIG, res, wall)

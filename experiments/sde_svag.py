@@ -1,4 +1,4 @@
-"""The SDE of SGD and SVAG against SGD (SCIENCE.md §7; Li, Tai & E 2017; Li, Malladi & Arora
+"""The SDE of SGD and SVAG against SGD (docs/science.md#sde-of-sgd; Li, Tai & E 2017; Li, Malladi & Arora
 2021).
 
 Quadratic with additive gradient noise (ℓ_i = ½θᵀAθ − x_iᵀθ, eig A = 1, 1.5, 2.5, n = 8, B = 2,
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax
 
+from sgdreg.experiments import paper
 from sgdreg.experiments.sde import run_sde_svag
 from sgdreg.plotting.sde import render_sde_svag
 
@@ -33,7 +34,9 @@ NETWORK = dict(dataset="digits", n_train=256, width=32, depth=1, activation="tan
                sde_substeps=8, seed=0, dtype="float64")
 
 
-def main():
+def main(argv=None):
+    if paper.at_scale(__file__, argv, __doc__) is None:
+        return
     jax.config.update("jax_enable_x64", True)
     start = time.perf_counter()
     res = run_sde_svag(quadratic=QUADRATIC, network=NETWORK, out_dir=ROOT / "data" / NAME,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sgdreg.config import RunConfig
 from sgdreg.datasets import open_dataset
+from sgdreg.experiments import paper
 from sgdreg.experiments.zhang import expressivity_test
 from sgdreg.plotting.zhang import render_expressivity
 from sgdreg.results import save_results, timed
@@ -23,7 +24,9 @@ CONFIG = RunConfig(dataset="digits", optimizer="adam", lr=0.01, steps=3000, batc
                    log_every=30)
 
 
-def main():
+def main(argv=None):
+    if paper.at_scale(__file__, argv, __doc__) is None:
+        return
     data = ROOT / "figures" / "data" / NAME
     ds = open_dataset("digits")
     res, wall = timed(expressivity_test, ds, N, CONFIG, MULTIPLES, seed=SEED, progress=print)

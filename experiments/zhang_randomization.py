@@ -13,6 +13,7 @@ labels fit well inside the budget.
 from pathlib import Path
 
 from sgdreg.config import RunConfig
+from sgdreg.experiments import paper
 from sgdreg.experiments.zhang import CORRUPTIONS, INPUT_RANDOMIZATIONS, randomization_test
 from sgdreg.plotting.zhang import render_randomization
 from sgdreg.results import save_results, timed
@@ -26,7 +27,9 @@ CONFIG = RunConfig(dataset="digits", model="mlp", width=128, depth=1, optimizer=
 SEEDS = (0, 1, 2)
 
 
-def main():
+def main(argv=None):
+    if paper.at_scale(__file__, argv, __doc__) is None:
+        return
     data = ROOT / "figures" / "data" / NAME
     res, wall = timed(randomization_test, CONFIG, CORRUPTIONS, INPUT_RANDOMIZATIONS, SEEDS,
                       progress=print)

@@ -1,4 +1,5 @@
-"""Data sources (all offline) and the randomization tests of Zhang et al. (SCIENCE.md §4)."""
+"""Data sources (all offline) and the randomization tests of Zhang et al.
+(docs/science.md#generalization-experiments)."""
 
 import gzip
 import pickle

