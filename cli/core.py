@@ -52,6 +52,9 @@ DepthOpt = Annotated[int, Opt("--depth", help="Hidden layers.")]
 ActivationOpt = Annotated[str, Opt("--activation", help="relu, tanh, gelu, softplus, ...")]
 MomentumOpt = Annotated[float, Opt("--momentum", help="β for momentum/nesterov, b1 for adam.")]
 DataDirOpt = Annotated[str | None, Opt("--data-dir", help="Folder with MNIST/CIFAR-10 files.")]
+DeviceBudgetOpt = Annotated[int | None, Opt(
+    "--device-budget", help="Bytes of device memory the data may take; above it they stay on "
+    "the host and stream in chunks (same numbers).")]
 NTrainOpt = Annotated[int | None, Opt("--n-train", help="Use the first n training examples.")]
 DtypeOpt = Annotated[str, Opt("--dtype", help="float32 or float64.")]
 HessEveryOpt = Annotated[int, Opt("--hessian-every", help="Curvature probes every k steps "
@@ -74,6 +77,24 @@ HessNOpt = Annotated[int | None, Opt("--hessian-n", help="Curvature on the first
                                      "examples (default: all).")]
 SlqOpt = Annotated[bool, Opt("--slq", help="Also record the SLQ spectral density (raw nodes and "
                              "weights).")]
+LogToOpt = Annotated[str | None, Opt("--log-to", help="Also log every row to tensorboard, wandb "
+                                     "(offline) and/or mlflow (file store), comma list; files "
+                                     "go under --out (needs pip install 'sgdreg[loggers]').")]
+
+
+def parse_log_to(text: str | None) -> list[str]:
+    """``--log-to`` → logger names, each known and installed (``sgdreg.loggers.check_names``);
+    one line naming the extra to install otherwise, before anything runs."""
+    if text is None:
+        return []
+    from sgdreg.errors import ConfigError
+    from sgdreg.loggers import check_names
+
+    names = parse_list(text, str, "--log-to")
+    try:
+        return check_names(names, "--log-to")
+    except ConfigError as e:
+        raise UsageProblem(str(e)) from None
 
 
 AUTO_CURVATURE_PROBES = 10  # compare's default: about this many curvature probes per run
@@ -160,9 +181,26 @@ def auto_hessian_every(cfg: RunConfig, probes: int) -> int:
     return k * max(1, round(cfg.steps / (probes * k)))
 
 
+def stream_budget(ds, budget: int, cfg: RunConfig):
+    """``ds`` with ``device_budget`` = ``budget`` (UsageProblem, before any output, when it is
+    below one chunk of ``cfg.eval_chunk`` rows in ``cfg.dtype``)."""
+    from sgdreg.errors import ConfigError
+    from sgdreg.training import streamed
+
+    if budget < 1:
+        raise UsageProblem(f"--device-budget must be a positive number of bytes, got {budget}")
+    ds = ds.replace(device_budget=budget)
+    try:
+        streamed(ds, cfg.dtype, cfg.eval_chunk)
+    except ConfigError as e:
+        raise UsageProblem(f"--{str(e).replace('_', '-', 1)}") from None
+    return ds
+
+
 def run_grid(cfgs: list[RunConfig], epochs: float | None, out: Path, label: str,
              curvature_probes: int = 0, after_compile: Callable[[], None] | None = None,
-             overwrite: bool = False):
+             overwrite: bool = False, loggers: list[str] | None = None,
+             device_budget: int | None = None):
     """Load data once, resolve what depends on n (``--epochs``; the default ``log_every``, see
     ``default_log_every``; with ``curvature_probes`` > 0, ``hessian_every`` for runs that have
     none, see ``auto_hessian_every``), validate every run against it, then train each run into
@@ -170,6 +208,8 @@ def run_grid(cfgs: list[RunConfig], epochs: float | None, out: Path, label: str,
     from sgdreg.training import load_data, run_id, train
 
     ds = load_data(cfgs[0])
+    if device_budget is not None:  # above it the data stream from the host (batching.py)
+        ds = stream_budget(ds, device_budget, cfgs[0])
     cfgs = [with_epochs(c, epochs, ds.n_train) for c in cfgs]
     cfgs = [c if c.log_every is not None else c.replace(log_every=default_log_every(c, ds.n_train))
             for c in cfgs]
@@ -191,7 +231,7 @@ def run_grid(cfgs: list[RunConfig], epochs: float | None, out: Path, label: str,
                       f"{c.log_every} steps{curv})…", highlight=False, soft_wrap=True)
         timer = FirstChunkTimer(callback_for(rid, c.steps), stop, compiled)
         try:
-            res = train(c, ds, trace_path=out / f"{rid}.json", progress=timer)
+            res = train(c, ds, trace_path=out / f"{rid}.json", progress=timer, loggers=loggers)
         finally:
             compiled.set()
         console.print(f"  {rid}: {res.trace['status']} in {timer.elapsed():.1f} s"
@@ -334,6 +374,7 @@ def compare(
     svag_amplification: SvagOpt = 8,
     log_every: LogOpt = None,
     data_dir: DataDirOpt = None,
+    device_budget: DeviceBudgetOpt = None,
     n_train: Annotated[int | None, Opt("--n-train", help="Use the first n training examples "
                                        "(default: 256 for digits, all of any other dataset; "
                                        "0: all).")] = None,
@@ -349,6 +390,7 @@ def compare(
     top_k: TopKOpt = 3,
     hessian_n: HessNOpt = None,
     slq: SlqOpt = False,
+    log_to: LogToOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
     json: JsonOpt = False,
@@ -372,8 +414,11 @@ def compare(
       sgdreg compare --model linear --dataset linreg --optimizers gd,sgd --no-curvature
 
       sgdreg compare --optimizers gd,sgd --hessian-every 100 --probes 50 --slq
+
+      sgdreg compare --optimizers gd,sgd --log-to tensorboard,mlflow --out runs/c
     """
     check_epochs(epochs)
+    loggers = parse_log_to(log_to)
     if n_train is None:  # the embedded default: 256 of digits' 1438 (see the README)
         n_train = DEFAULT_DIGITS_N if dataset == "digits" else 0
     if n_train < 0:
@@ -398,7 +443,8 @@ def compare(
     # matplotlib imported in the background while the runs train (not while they compile:
     # both need the GIL)
     ds, results = run_grid(cfgs, epochs, dest, "compare", curvature_probes=auto,
-                           after_compile=preload, overwrite=overwrite)
+                           after_compile=preload, overwrite=overwrite, loggers=loggers,
+                           device_budget=device_budget)
     from sgdreg.plotting.compare import compare_figure
     from sgdreg.trace import atomic_write_json
 
@@ -437,6 +483,7 @@ def train(
     activation: ActivationOpt = "relu",
     log_every: LogOpt = None,
     data_dir: DataDirOpt = None,
+    device_budget: DeviceBudgetOpt = None,
     n_train: NTrainOpt = None,
     dtype: DtypeOpt = "float32",
     save_checkpoint: Annotated[bool, Opt("--save-checkpoint", help="Also save the final model "
@@ -448,6 +495,7 @@ def train(
     top_k: TopKOpt = 3,
     hessian_n: HessNOpt = None,
     slq: SlqOpt = False,
+    log_to: LogToOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
     json: JsonOpt = False,
@@ -465,6 +513,7 @@ def train(
     if optimizer not in OPTIMIZERS:
         raise UsageProblem(f"--optimizer: unknown value {optimizer!r}; allowed: "
                            f"{', '.join(OPTIMIZERS)}")
+    loggers = parse_log_to(log_to)
     cfg = RunConfig(optimizer=optimizer, lr=lr, steps=steps, batch_size=batch_size, seed=seed,
                     dataset=dataset, model=model, loss=loss, width=width, depth=depth,
                     activation=activation, momentum=momentum, egr=egr,
@@ -478,7 +527,8 @@ def train(
     check_epochs(epochs)
     validate_early(cfg)
     dest = output_dir(out, "train", overwrite=overwrite)
-    ds, results = run_grid([cfg], epochs, dest, "train", overwrite=overwrite)
+    ds, results = run_grid([cfg], epochs, dest, "train", overwrite=overwrite, loggers=loggers,
+                           device_budget=device_budget)
     if save_checkpoint:
         from sgdreg.checkpoint import save_model
 

@@ -34,6 +34,7 @@ from . import (  # noqa: F401
     eos_cmd,
     experiments_cmd,
     igr_cmd,
+    report_cmd,
     sweep_cmd,
 )
 from .app import UsageProblem, app

@@ -1,4 +1,5 @@
-"""Preconditioned sharpness of adaptive methods (Cohen et al. 2022; SCIENCE.md §7): the curvature
+"""Preconditioned sharpness of adaptive methods (Cohen et al. 2022; docs/science.md#adaptive-sharpness):
+the curvature
 probe's λ_max(P⁻¹H) against the dense float64 oracle with Adam's P recomputed by hand from the
 optax state, the preconditioner read from optax transforms, and the threshold formula."""
 

@@ -1,4 +1,4 @@
-"""The central flow of GD (Cohen, Damian et al.; SCIENCE.md §7): its SDCP solver against an
+"""The central flow of GD (Cohen, Damian et al.; docs/science.md#central-flow): its SDCP solver against an
 independent solver and the KKT conditions, k = 1 against the closed form, ∇S and
 G_ij = ∇(u_iᵀHu_j) against finite differences, the warm-started eigenpairs against dense eigh,
 the flow below 2/h against Euler gradient flow, at the edge of stability against GD, and in a

@@ -91,6 +91,7 @@ def test_help_lists_commands(capsys):
         assert cmd in out
 
 
+@pytest.mark.slow
 def test_train_checkpoint_then_hessian(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--optimizer", "gd", *TINY, "--save-checkpoint", "--out", str(out)]) == 0

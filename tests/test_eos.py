@@ -1,4 +1,4 @@
-"""Edge of stability (Cohen et al. 2021; SCIENCE.md §3): toy scale, but real training.
+"""Edge of stability (Cohen et al. 2021; docs/science.md#curvature): toy scale, but real training.
 
 One shared problem (256 digits, tanh MLP 32×2, MSE, float32; h = 0.4, 0.6 so 2/h = 5, 3.33 is
 reached by progressive sharpening within ~150 steps from λ_max(0) ≈ 2.7) so the compiled chunk,
@@ -31,6 +31,7 @@ def run(tmp_path_factory):
     return eos.run_edge_of_stability(LRS, steps=600, flow_time=120.0, out_dir=out, **SMALL), out
 
 
+@pytest.mark.slow
 def test_gd_sharpness_settles_at_two_over_h(run):
     """Progressive sharpening up to 2/h, then λ_max hovers: settled median within 10%."""
     res, _ = run
@@ -45,6 +46,7 @@ def test_gd_sharpness_settles_at_two_over_h(run):
         assert r["max_relative_residual"] < 0.02  # Lanczos converged enough to trust 10%
 
 
+@pytest.mark.slow
 def test_loss_falls_non_monotonically_at_the_edge(run):
     res, _ = run
     for r in res["runs"]:
@@ -53,6 +55,7 @@ def test_loss_falls_non_monotonically_at_the_edge(run):
         assert loss[-1] < 0.2 * loss[0]
 
 
+@pytest.mark.slow
 def test_flow_sharpens_past_the_largest_threshold(run):
     """Same θ0, same t: the flow's λ_max is far above 2/h where GD(h) sits at 2/h; GD follows
     the flow until it reaches its edge."""
@@ -69,6 +72,7 @@ def test_flow_sharpens_past_the_largest_threshold(run):
     assert res["flow"]["loss_increases"] == 0
 
 
+@pytest.mark.slow
 def test_results_traces_and_figure(run, tmp_path):
     res, out = run
     stored = eos.read_eos(out)

@@ -1,4 +1,5 @@
-"""Label-noise SGD (Blanc et al. 2020; Damian, Ma & Lee 2021; SCIENCE.md §7, issue 13 part 3):
+"""Label-noise SGD (Blanc et al. 2020; Damian, Ma & Lee 2021; docs/science.md#label-noise-sgd, issue 13
+part 3):
 the noisy targets (exactly the documented draw, and their statistics), δ = 0 is plain SGD bit for
 bit, determinism per seed, per-run δ in one vmapped sweep group, and the oracle: on the diagonal
 network's manifold of minima label-noise SGD lowers the exact tr H while plain SGD stays put."""

@@ -201,6 +201,7 @@ CACHE_PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_compile_cache_is_used_on_a_second_run(tmp_path):
     """Two CLI processes with the same small run: the first compiles and writes cache entries,
     the second loads every program from the cache (hits, no new compilation/entries)."""

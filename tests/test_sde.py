@@ -1,4 +1,4 @@
-"""The SDE of SGD and SVAG (SCIENCE.md §7) against exact oracles, float64."""
+"""The SDE of SGD and SVAG (docs/science.md#sde-of-sgd) against exact oracles, float64."""
 
 import itertools
 import math

@@ -155,6 +155,7 @@ def _check_interrupted(res: dict, sig: int, min_rows: int):
     assert not list(res["out"].glob("**/*.tmp")) and not (res["out"] / locking.LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", ["int", "term"])
 def test_signal_during_the_first_compilation_leaves_an_interrupted_trace(signalled, sig):
     """Before the first chunk has compiled: 0 rows are allowed, the trace is still valid."""
@@ -162,12 +163,14 @@ def test_signal_during_the_first_compilation_leaves_an_interrupted_trace(signall
     _check_interrupted(res, signal.SIGINT if sig == "int" else signal.SIGTERM, 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", ["int", "term"])
 def test_signal_during_training_stops_at_the_next_chunk(signalled, sig):
     res = signalled[f"{sig}-training"]
     _check_interrupted(res, signal.SIGINT if sig == "int" else signal.SIGTERM, 2)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_concurrent_compare_marks_every_run(signalled):
     """GD and SGD train concurrently (one thread each): both stop at their next chunk."""
     res = signalled["int-concurrent"]
@@ -175,6 +178,7 @@ def test_ctrl_c_during_a_concurrent_compare_marks_every_run(signalled):
     assert len(res["traces"]) == 2
 
 
+@pytest.mark.slow
 def test_a_second_signal_ends_the_process_at_once(signalled):
     """Whatever the first signal was waiting for: exit 130 with the one line, no lock left,
     and any trace already written valid and 'interrupted'."""

@@ -37,6 +37,7 @@ from .errors import CheckpointError as CheckpointError
 from .errors import ConfigError as ConfigError
 from .errors import DataError as DataError
 from .errors import LossError as LossError
+from .errors import MissingDependencyError as MissingDependencyError
 from .errors import ModelError as ModelError
 from .errors import OptimizerError as OptimizerError
 from .errors import PrecisionError as PrecisionError
@@ -81,6 +82,6 @@ __all__ = [
     "run_sweep",
     # errors
     "SgdregError", "ConfigError", "ModelError", "LossError", "OptimizerError", "PrecisionError",
-    "DataError", "TraceError", "CheckpointError",
+    "DataError", "TraceError", "CheckpointError", "MissingDependencyError",
     "__version__",
 ]

@@ -22,7 +22,8 @@ from .errors import ConfigError  # noqa: E402,F401  (re-exported)
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a run. Steps of a discrete method are parameter updates; for
-    flows the run integrates to t = steps·lr and logs at t = k·lr (DESIGN.md time alignment)."""
+    flows the run integrates to t = steps·lr and logs at t = k·lr (docs/science.md#dynamics, time
+    alignment)."""
 
     # data
     dataset: str = "digits"

@@ -1,4 +1,4 @@
-"""Curvature of the training loss from Hessian-vector products (SCIENCE.md §3).
+"""Curvature of the training loss from Hessian-vector products (docs/science.md#curvature).
 
 Every estimator acts on a ``matvec``: a function v ↦ Hv on FLAT parameter vectors of length P
 (``hessian_matvec`` builds the full-batch one on ``batching.full_batch_hvp``; any symmetric
@@ -39,7 +39,8 @@ _BREAKDOWN = 1e3  # Lanczos breakdown: β ≤ _BREAKDOWN·eps·‖Av_j‖
 
 
 class HessianMatvec(eqx.Module):
-    """v ↦ Hv, H = ∇²L, L = (1/n)Σ_i ℓ_i, on flat vectors; chunked as Σ_j (b_j/n)·H_j v (§3)."""
+    """v ↦ Hv, H = ∇²L, L = (1/n)Σ_i ℓ_i, on flat vectors; chunked as Σ_j (b_j/n)·H_j v
+    (docs/science.md#curvature)."""
 
     example_loss: ExampleLoss
     params: Any
@@ -68,7 +69,7 @@ def hessian_matvec(
     chunk_size: int = DEFAULT_CHUNK,
 ) -> HessianMatvec:
     """Full-batch Hessian of L = (1/n)Σ_i ℓ_i as a flat matvec v ↦ Hv (forward-over-reverse,
-    Pearlmutter 1994; chunked as Σ_j (b_j/n)·H_j v, SCIENCE.md §3).
+    Pearlmutter 1994; chunked as Σ_j (b_j/n)·H_j v, docs/science.md#curvature).
 
     Args:
         example_loss: ``(params, x_i, y_i) -> ℓ_i``, e.g. ``Objective.example_loss``.
@@ -87,7 +88,8 @@ def hessian_matvec(
 def dense_hessian(
     example_loss: ExampleLoss, params: PyTree, x: Float[Array, "n ..."], y: Shaped[Array, "n ..."]
 ) -> Float[Array, "P P"]:
-    """H = ∇²L as a dense P×P matrix (jax.hessian on the flat vector): the exact oracle (§3)."""
+    """H = ∇²L as a dense P×P matrix (jax.hessian on the flat vector): the exact oracle
+    (docs/science.md#curvature)."""
     flat, unravel = ravel_pytree(params)
 
     def loss(f):
@@ -572,7 +574,7 @@ def slq_moment(nodes, weights, dim: int, power: int) -> jax.Array:
 
 
 def slq_trace(nodes, weights, dim: int) -> jax.Array:
-    """tr H ≈ P · mean_v Σ_j τ_vj θ_vj (SCIENCE.md §3 consistency check)."""
+    """tr H ≈ P · mean_v Σ_j τ_vj θ_vj (docs/science.md#curvature consistency check)."""
     return slq_moment(nodes, weights, dim, 1)
 
 
@@ -601,7 +603,7 @@ class PreconditionedMatvec(eqx.Module):
 def preconditioned_matvec(matvec: Matvec, preconditioner: PyTree) -> PreconditionedMatvec:
     """P^{-1/2} H P^{-1/2} as a flat matvec, P = diag(``preconditioner``): a pytree shaped like θ
     (e.g. Adam's √v̂ + ε) or a flat vector, all entries > 0 (Cohen et al. 2022, "Adaptive
-    gradient methods at the edge of stability"; SCIENCE.md §7)."""
+    gradient methods at the edge of stability"; docs/science.md#adaptive-sharpness)."""
     return PreconditionedMatvec(matvec, jax.lax.rsqrt(ravel_pytree(preconditioner)[0]))
 
 
@@ -639,7 +641,8 @@ def batch_sharpness(
     key: PRNGKeyArray, batch_size: int, num_batches: int, chunk_size: int = DEFAULT_CHUNK,
     batching: str = "map",
 ) -> BatchSharpness:
-    """E_B[g_BᵀH_Bg_B / ‖g_B‖²] over random minibatches drawn without replacement (§3)."""
+    """E_B[g_BᵀH_Bg_B / ‖g_B‖²] over random minibatches drawn without replacement
+    (docs/science.md#curvature)."""
     n = x.shape[0]
     if not 0 < batch_size <= n:
         raise ValueError(f"batch_size must be in 1..{n}, got {batch_size}")
@@ -660,7 +663,8 @@ def gradient_noise(
     example_loss: ExampleLoss, params: PyTree, x: Float[Array, "n ..."], y: Shaped[Array, "n ..."],
     chunk_size: int = GRADIENT_NOISE_CHUNK,
 ) -> Float[Array, ""]:
-    """Γ = (1/n) Σ_i ‖∇ℓ_i − ∇L‖² (centred, exact) from vmapped per-example gradients (§2)."""
+    """Γ = (1/n) Σ_i ‖∇ℓ_i − ∇L‖² (centred, exact) from vmapped per-example gradients
+    (docs/science.md#implicit-regularization)."""
     _, g = full_batch_value_and_grad(example_loss, params, x, y, chunk_size)
     grad_i = jax.grad(example_loss)
 
@@ -677,7 +681,8 @@ def _check_batch(n: int, batch_size: int):
 
 
 def minibatch_variance_expectation(gamma, n: int, batch_size: int):
-    """E_shuffle[(1/m)Σ_k ‖∇L̂_k − ∇L‖²] = ((n−B)/(B(n−1)))·Γ (sampling without replacement, §2)."""
+    """E_shuffle[(1/m)Σ_k ‖∇L̂_k − ∇L‖²] = ((n−B)/(B(n−1)))·Γ (sampling without replacement,
+    docs/science.md#implicit-regularization)."""
     _check_batch(n, batch_size)
     return gamma * (n - batch_size) / (batch_size * (n - 1))
 
@@ -685,7 +690,8 @@ def minibatch_variance_expectation(gamma, n: int, batch_size: int):
 def gradient_noise_from_minibatches(
     mean_minibatch_grad_norm_sq, full_grad_norm_sq, n: int, batch_size: int
 ):
-    """Γ̂ = ((1/m)Σ_k‖∇L̂_k‖² − ‖∇L‖²)·B(n−1)/(n−B), unbiased over random shuffles (§2)."""
+    """Γ̂ = ((1/m)Σ_k‖∇L̂_k‖² − ‖∇L‖²)·B(n−1)/(n−B), unbiased over random shuffles
+    (docs/science.md#implicit-regularization)."""
     _check_batch(n, batch_size)
     excess = mean_minibatch_grad_norm_sq - full_grad_norm_sq
     return excess * batch_size * (n - 1) / (n - batch_size)

@@ -250,11 +250,16 @@ class Outcome:
 
 
 def execute(run: Run, *, trace_path=None, progress: Callable[[int, int, dict], None] | None = None,
-            summarize: Callable[[dict], dict] | None = None) -> Outcome:
+            summarize: Callable[[dict], dict] | None = None, loggers: Sequence = ()) -> Outcome:
     """Run to ``run.steps`` (or divergence, solver failure, the stop loss, ``STOP`` or Ctrl-C),
     calling expensive probes at their cadence and writing the trace after every chunk. Stopped:
-    the trace is finished as ``interrupted`` (possibly with 0 rows), then KeyboardInterrupt."""
+    the trace is finished as ``interrupted`` (possibly with 0 rows), then KeyboardInterrupt.
+    ``loggers`` (``sgdreg.loggers.Logger`` objects) get a copy of every row written; one that
+    raises is disabled and the trace's ``loggers`` field records it (``loggers.LoggerSet``)."""
+    from .loggers import LoggerSet
+
     problem, data, probes = run.problem, run.data, list(run.probes)
+    logs = LoggerSet(loggers, run.header.get("layers") or ())
     is_flow = problem.dynamics.is_flow
     writer = _Writer(trace_path, {
         **run.header, "probes": {p.name: {"every": p.every, **p.describe()} for p in probes}})
@@ -275,6 +280,9 @@ def execute(run: Run, *, trace_path=None, progress: Callable[[int, int, dict], N
                 row |= p(state.params, ctx)
         with io:
             writer.append(row)
+            if logs:
+                logs.log(step, writer.rows[-1])
+                writer.doc["loggers"] = logs.record()
             writer.flush()
         if progress:
             progress(step, run.steps, writer.rows[-1])
@@ -292,6 +300,9 @@ def execute(run: Run, *, trace_path=None, progress: Callable[[int, int, dict], N
             io.release()
 
     status, detail, diverged_step = "completed", None, None
+    if logs:
+        logs.start(str(run.header.get("run_id")), run.header.get("config") or {})
+        writer.doc["loggers"] = logs.record()
     with stoppable(abort):
         try:
             check_stop()
@@ -331,6 +342,9 @@ def execute(run: Run, *, trace_path=None, progress: Callable[[int, int, dict], N
             detail = stop_detail() if isinstance(e, _Stopped) or STOP.is_set() else \
                 "stopped by the user (Ctrl-C)"
         fields = {"diverged_step": diverged_step, "wall_time_s": time.perf_counter() - start}
+        if logs:
+            logs.finish(status)
+            fields["loggers"] = logs.record()
         with io:
             if not done.is_set():
                 if summarize:

@@ -45,5 +45,10 @@ class CheckpointError(FileFormatError):
     """A checkpoint file that is missing, corrupt or does not fit the given skeleton."""
 
 
+class MissingDependencyError(SgdregError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra that
+    installs it (``pip install 'sgdreg[plot]'``, ``[data]``, ``[cli]``, ...)."""
+
+
 class LockError(SgdregError):
     """An output directory another live sgdreg process is writing (its ``.sgdreg.lock``)."""

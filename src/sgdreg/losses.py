@@ -4,7 +4,7 @@ A loss is any callable ``loss(output, label) -> scalar`` for ONE example. Built 
 
 * ``cross_entropy``: softmax cross-entropy on integer labels.
 * ``MSE``: ℓ = ½‖f(x) − y‖² summed over outputs (one-hot targets for class labels), the
-  convention of the edge-of-stability and IGR papers (SCIENCE.md §2–3).
+  convention of the edge-of-stability and IGR papers (docs/science.md#curvature).
 
 ``Objective`` joins a model (trainable θ and the frozen rest, plus ``eqx.nn.State`` for
 BatchNorm) with a loss. Two modes:

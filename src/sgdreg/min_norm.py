@@ -1,5 +1,5 @@
 """Distance to the minimum-norm least-squares solution, for models linear in their trained
-parameters (Zhang et al. 2017 §5; Belkin et al. 2019; SCIENCE.md §4).
+parameters (Zhang et al. 2017 §5; Belkin et al. 2019; docs/science.md#generalization-experiments).
 
 Supported models write f_θ(x) = θᵀψ(x) with a fixed feature map ψ:
 

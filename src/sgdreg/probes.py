@@ -4,7 +4,8 @@
 probes (curvature) implement ``Probe``: a name, a cadence ``every`` (in steps) and a call that
 returns a dict of metrics; the training loop calls them between chunks.
 
-IGR terms (Barrett & Dherin 2021; Smith et al. 2021; SCIENCE.md §2), with h the step size:
+IGR terms (Barrett & Dherin 2021; Smith et al. 2021; docs/science.md#implicit-regularization), with h the
+step size:
   igr_gd = (h/4)‖∇L‖²,  modified_loss_gd = L + igr_gd,
   minibatch_grad_norm_sq = (1/m) Σ_k ‖∇L̂_k‖² over the m minibatches of the current epoch,
   igr_sgd_var = (h/4)(1/m) Σ_k ‖∇L̂_k − ∇L‖²,  modified_loss_sgd = L + (h/4)·minibatch_grad_norm_sq,
@@ -72,7 +73,8 @@ def cheap_metrics(problem, data, params, params0, perm, lr) -> dict[str, jax.Arr
             "minibatch_grad_norm_sq": mb_sq,
             "igr_sgd_var": lr / 4 * mb_var,
             "modified_loss_sgd": train_loss + lr / 4 * mb_sq,
-            # Γ̂ = ((1/m)Σ‖∇L̂_k‖² − ‖∇L‖²)·B(n−1)/(n−B), unbiased over shuffles (SCIENCE.md §2)
+            # Γ̂ = ((1/m)Σ‖∇L̂_k‖² − ‖∇L‖²)·B(n−1)/(n−B), unbiased over shuffles
+            # (docs/science.md#implicit-regularization)
             "grad_var_est": (mb_sq - gn) * b * (n - 1) / (n - b),
         }
     return out
@@ -317,7 +319,7 @@ def convergence_definition(lambda_min_tol: float) -> str:
 
 
 class CurvatureProbe:
-    """Hessian of the full-batch training loss every ``every`` steps (SCIENCE.md §3):
+    """Hessian of the full-batch training loss every ``every`` steps (docs/science.md#curvature):
     Hutchinson trace ± stderr with tr(H²) and per-layer traces ± stderr from the same probes
     (``layer_hessian_traces`` in the order of the trace's ``layers``), the top-k eigenvalues by
     ``lanczos_steps`` Lanczos steps (warm-started from the last top eigenvector), the smallest

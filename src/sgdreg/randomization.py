@@ -1,5 +1,5 @@
 """Randomization tests of Zhang et al. (2017), "Understanding deep learning requires rethinking
-generalization" (SCIENCE.md §4): the one place where data is randomized.
+generalization" (docs/science.md#generalization-experiments): the one place where data is randomized.
 
 Each transform is drawn once from ``seed`` (a numpy Generator) and is deterministic, so the
 randomized data stay fixed across epochs. Labels change only on the training set; input transforms

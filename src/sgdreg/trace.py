@@ -19,6 +19,11 @@ Every trace written by ``TraceWriter`` also carries ``"writer": {"pid", "host", 
 traces as provenance. ``is_stale`` uses it to recognise a ``running`` trace whose writer died
 (killed, crashed machine). Traces written before this field existed stay valid.
 
+A run with logger adapters (``sgdreg.loggers``: TensorBoard, W&B, MLflow) also carries
+``"loggers": {name: {"status": "ok"|"failed", "rows", "detail", "step", ...}}``: how many rows
+each received and, for one that raised (and was then disabled), the error and the row's step.
+Optional: traces without it stay valid.
+
 Reading is strict (``load_trace``/``validate_trace``): ``NaN``/``Infinity`` literals, a field of
 the wrong type (``config`` not an object, ``seed`` not an integer, a metric value that is not a
 number, null or list, ...) make a ``TraceError`` naming the file and the field.
@@ -45,6 +50,7 @@ STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 REQUIRED = ("schema", "run_id", "status", "config", "versions", "device", "seed", "metrics")
 
 
+from ._optional import require  # noqa: E402
 from .errors import TraceError  # noqa: F401,E402
 from .jsonio import field_problems, load_json  # noqa: E402
 
@@ -54,8 +60,10 @@ FIELD_KINDS = {
     "diverged_step": "nonneg_int?", "config": "object", "dataset": "object?",
     "versions": "object", "device": "object", "seed": "int", "wall_time_s": "number?",
     "num_params": "nonneg_int?", "layers": "str_list?", "probes": "object", "summary": "object",
-    "provenance": "object?", "sweep": "object?", "writer": "object",
+    "provenance": "object?", "sweep": "object?", "writer": "object", "loggers": "object?",
 }
+#: Each entry of ``loggers`` (one per logger adapter of the run, ``sgdreg.loggers``).
+LOGGER_KINDS = {"status": "str", "rows": "nonneg_int", "detail": "str?", "step": "nonneg_int?"}
 WRITER_KINDS = {"pid": "int", "host": "str", "started": "str", "heartbeat": "str"}
 #: A ``running`` trace written on another host is stale once its heartbeat is this old (its
 #: pid cannot be checked from here); generous: a heartbeat is refreshed at every write.
@@ -267,6 +275,14 @@ def validate_trace(doc: Any) -> list[str]:
                for k in ("started", "heartbeat")
                if isinstance(writer.get(k), str) and parse_time(writer[k]) is None]
         problems += wp
+    logs = doc.get("loggers")
+    if isinstance(logs, dict):
+        for name, rec in logs.items():
+            if not isinstance(rec, dict):
+                problems.append(f"loggers.{name} is {rec!r}, expected an object")
+            else:
+                problems += field_problems(rec, LOGGER_KINDS, required=("status",),
+                                           prefix=f"loggers.{name}.")
     return problems
 
 
@@ -351,7 +367,7 @@ def to_dataframe(trace: dict | str | os.PathLike):
     optimizer, lr, seed and run_id as columns; vector metrics become ``name/component``.
 
     Example: ``sgdreg.to_dataframe("runs/gd.json").query("metric == 'train_loss'")``."""
-    import pandas as pd
+    pd = require("pandas", "plot", "sgdreg.to_dataframe")
 
     doc = load_trace(trace) if not isinstance(trace, dict) else trace
     cfg = doc.get("config", {})
@@ -419,7 +435,7 @@ def load_traces(directory: str | os.PathLike | list):
         >>> df = sgdreg.load_traces("runs")                                 # doctest: +SKIP
         >>> df[df.metric == "lambda_max"].pivot(index="step", columns="run_id", values="value")
     """
-    import pandas as pd
+    pd = require("pandas", "plot", "sgdreg.load_traces")
 
     if isinstance(directory, (str, os.PathLike)) and not Path(directory).is_dir():
         raise TraceError(f"no folder at {directory}")

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from . import dynamics as dyn
+from .batching import HostArray, check_budget
 from .config import FULL_BATCH, RunConfig, validate
 from .data import Dataset
 from .engine import Problem, Run, execute, init_state
@@ -100,11 +101,29 @@ def as_dataset(data: Dataset | Sequence | dict, name: str | None = None) -> Data
     return Dataset(name or "arrays", xtr, ytr, xte, yte, k)
 
 
-def device_data(ds: Dataset, dtype) -> dyn.Data:
-    lab = (lambda y: jnp.asarray(y, jnp.int32)) if ds.num_classes else (
-        lambda y: jnp.asarray(y, dtype))
-    return dyn.Data(jnp.asarray(ds.x_train, dtype), lab(ds.y_train),
-                    jnp.asarray(ds.x_test, dtype), lab(ds.y_test))
+def device_data(ds: Dataset, dtype, chunk: int = 4096) -> dyn.Data:
+    """The dataset on the device, or, when it exceeds ``ds.device_budget`` bytes, left on the
+    host as ``batching.HostArray`` (streamed in chunks of ``chunk`` rows; see batching.py)."""
+    ytype = jnp.int32 if ds.num_classes else dtype
+    arrays = (ds.x_train, ds.y_train, ds.x_test, ds.y_test)
+    if streamed(ds, dtype, chunk):
+        return dyn.Data(*(HostArray(np.asarray(a), t)
+                          for a, t in zip(arrays, (dtype, ytype, dtype, ytype), strict=True)))
+    return dyn.Data(*(jnp.asarray(a, t)
+                      for a, t in zip(arrays, (dtype, ytype, dtype, ytype), strict=True)))
+
+
+def streamed(ds: Dataset, dtype, chunk: int) -> bool:
+    """Whether ``ds`` exceeds its ``device_budget`` (ConfigError if the budget is below one
+    chunk of ``chunk`` training rows)."""
+    if ds.device_budget is None:
+        return False
+    itemsize = jnp.dtype(dtype).itemsize
+    lab = 4 if ds.num_classes else itemsize
+    row = int(np.prod(ds.input_shape, dtype=np.int64)) * itemsize + lab * int(
+        np.prod(ds.y_train.shape[1:], dtype=np.int64))
+    check_budget(int(ds.device_budget), min(chunk, max(ds.n_train, 1)) * row)
+    return ds.device_bytes(itemsize) > ds.device_budget
 
 
 def structure_hash(model) -> str:
@@ -168,7 +187,12 @@ def prepare(model: eqx.Module, dataset: Dataset, dynamics: dyn.AbstractDynamics,
         raise ModelError("model has no trainable floating-point arrays")
     dtype = require_dtype(leaves[0].dtype)
     obj = Objective(frozen, loss, dataset.num_classes, state, stateful, is_stochastic(model))
-    data = device_data(dataset, dtype)
+    data = device_data(dataset, dtype, eval_chunk)
+    on_host = isinstance(data.x_train, HostArray)
+    if on_host and dynamics.batch_size is None and (obj.stateful or obj.stochastic):
+        raise ConfigError("device_budget: full-batch training of a model with BatchNorm or "
+                          "dropout cannot stream (its batch statistics need every example at "
+                          "once); use minibatches (batch_size) or a larger budget")
     check_objective(obj, params0, data.x_train[0], data.y_train[0], dataset.out_size)
     if dynamics.batch_size is not None and dynamics.batch_size > dataset.n_train:
         raise ConfigError(f"batch_size {dynamics.batch_size} exceeds the {dataset.n_train} "
@@ -180,7 +204,8 @@ def prepare(model: eqx.Module, dataset: Dataset, dynamics: dyn.AbstractDynamics,
                   "preset": preset, "num_params": num_params(params0),
                   "structure_hash": structure_hash(model), "stateful": stateful,
                   "stochastic": obj.stochastic, "dtype": str(jnp.dtype(dtype))},
-        "data": {**dataset.describe(), "hash": data_hash(dataset)},
+        "data": {**dataset.describe(), "hash": data_hash(dataset),
+                 "placement": "host (streamed)" if on_host else "device"},
         "loss": loss_name(loss),
         "dynamics": dynamics.describe(),
     }
@@ -242,21 +267,27 @@ def _config_record(s: Setup, cfg: RunConfig | None, run_cfg: dict) -> dict:
 
 def _execute(s: Setup, *, steps: int, log_every: int, lr: float, seed: int,
              probes: Sequence[Probe], stop_loss, trace_path, progress, run_cfg: dict,
-             run_id: str) -> RunResult:
+             run_id: str, loggers=None) -> RunResult:
     header = {"run_id": run_id, "config": _config_record(s, s.cfg, run_cfg),
               "provenance": s.provenance, "dataset": s.dataset.describe(),
               "versions": versions(), "device": device_info(), "seed": seed,
               "num_params": num_params(s.params0), "layers": layer_names(s.params0)}
     r = Run(s.problem, s.data, s.state0(), s.params0, steps, log_every, lr, s.keys["probe"],
             header, stop_loss, list(probes))
-    out = execute(r, trace_path=trace_path, progress=progress, summarize=summarize)
+    from pathlib import Path
+
+    from .loggers import resolve
+
+    logs = resolve(loggers, None if trace_path is None else Path(trace_path).parent)
+    out = execute(r, trace_path=trace_path, progress=progress, summarize=summarize, loggers=logs)
     model = eqx.combine(out.state.params, s.problem.objective.frozen)
     return RunResult(out.trace, model, s.model0, s, out.state.model_state, out.state)
 
 
 def train(cfg: RunConfig, dataset: Dataset | None = None, *, trace_path=None,
           probes: Sequence[Probe] = (), progress: Callable[[int, int, dict], None] | None = None,
-          model: eqx.Module | None = None, setup: Setup | None = None, state=None) -> RunResult:
+          model: eqx.Module | None = None, setup: Setup | None = None, state=None,
+          loggers=None) -> RunResult:
     """Run one ``RunConfig`` to ``cfg.steps`` (or divergence), writing the trace as it goes.
 
     The configuration door of ``run`` (the CLI and sweep grids use it): data from
@@ -270,6 +301,8 @@ def train(cfg: RunConfig, dataset: Dataset | None = None, *, trace_path=None,
     Args:
         cfg: the run's ``RunConfig``; dataset: a ``Dataset`` overriding ``cfg.dataset``.
         trace_path: where to stream the JSON trace; probes: extra ``Probe`` objects.
+        loggers: mirror the rows to "tensorboard", "wandb", "mlflow" (names: files beside the
+            trace, needs ``trace_path``) and/or ``sgdreg.loggers.Logger`` objects.
     Returns:
         ``RunResult`` (``.trace``, ``.model``, ``.state``, ``.setup``).
 
@@ -277,13 +310,16 @@ def train(cfg: RunConfig, dataset: Dataset | None = None, *, trace_path=None,
         >>> res = sgdreg.train(sgdreg.RunConfig(optimizer="sgd", lr=0.1, steps=500))  # doctest: +SKIP
     """
     from .engine import stop_scope
+    from .loggers import check_specs
 
+    check_specs(loggers)  # an unknown name or a missing package: before any work
     with stop_scope():  # a signal while building: execute sees STOP → 'interrupted' (0 rows)
         s = setup or build(cfg, dataset, model, state)
         cfg = s.cfg
         return _execute(s, steps=cfg.steps, log_every=cfg.log_every, lr=cfg.lr, seed=cfg.seed,
                         probes=config_probes(s, probes), stop_loss=cfg.stop_loss,
-                        trace_path=trace_path, progress=progress, run_cfg={}, run_id=run_id(cfg))
+                        trace_path=trace_path, progress=progress, run_cfg={}, run_id=run_id(cfg),
+                        loggers=loggers)
 
 
 def config_probes(s: Setup, probes: Sequence[Probe] = ()) -> list[Probe]:
@@ -315,14 +351,16 @@ def run(model: eqx.Module, data: Dataset | Sequence | dict, optimizer: Optimizer
         state=None, probes: Sequence[Probe] = (), curvature: int = 0,
         stop_loss: float | None = None, trace_path=None, trainable=None, eval_chunk: int = 4096,
         progress: Callable[[int, int, dict], None] | None = None,
-        name: str | None = None, label_noise: float = 0.0) -> RunResult:
+        name: str | None = None, label_noise: float = 0.0, loggers=None) -> RunResult:
     """Train ``model`` on ``data`` with ``optimizer`` from the model's own arrays (θ0).
 
     Args:
         model: an ``eqx.Module`` acting on one example; ``__call__(x, *, key=None)`` for
             dropout, ``__call__(x, state, *, key=None) -> (out, state)`` for BatchNorm (pass
             ``state``).
-        data: a ``Dataset`` or ``(x_train, y_train, x_test, y_test)``.
+        data: a ``Dataset`` or ``(x_train, y_train, x_test, y_test)``. A ``Dataset`` with
+            ``device_budget`` (bytes) smaller than its data stays on the host and streams in
+            chunks of ``eval_chunk`` rows (batching.py): same numbers, device memory of a chunk.
         optimizer: "gd", "sgd", "momentum", "nesterov", "adam", "flow", "modified-flow", an
             ``optax.GradientTransformation`` or a dynamics module (``sgdreg.GradientFlow()``).
         loss: "ce", "mse" or a callable ``loss(output, label) -> scalar`` for one example.
@@ -336,6 +374,10 @@ def run(model: eqx.Module, data: Dataset | Sequence | dict, optimizer: Optimizer
         label_noise: δ > 0 turns on label-noise SGD (Blanc et al. 2020; Damian et al. 2021)
             for a discrete method: each step trains on y + δ·ε (regression, ε ~ N(0, I)) or
             on labels replaced with probability δ by another class drawn uniformly.
+        loggers: mirror every logged row to "tensorboard", "wandb" (offline) and/or "mlflow"
+            (file store), written beside the trace (names need ``trace_path``), or
+            ``sgdreg.loggers.Logger`` objects; see ``sgdreg.loggers``. The trace stays the
+            source of truth; a logger that fails mid-run is disabled and recorded there.
 
     Returns:
         ``RunResult`` with ``.trace`` (the JSON trace), ``.model`` (final) and ``.state``.
@@ -343,7 +385,10 @@ def run(model: eqx.Module, data: Dataset | Sequence | dict, optimizer: Optimizer
     Example:
         >>> res = sgdreg.run(model, (x, y, xt, yt), "sgd", lr=0.05, steps=200)  # doctest: +SKIP
     """
+    from .loggers import check_specs
+
     _check_counts(steps=steps, log_every=log_every)
+    check_specs(loggers)
     lr = _step_size(optimizer, lr)
     ds = as_dataset(data)
     batch_size = _batch(optimizer, {"batch_size": batch_size})
@@ -372,7 +417,7 @@ def run(model: eqx.Module, data: Dataset | Sequence | dict, optimizer: Optimizer
                "stop_loss": stop_loss, "curvature_every": curvature, "label_noise": label_noise}
     return _execute(s, steps=steps, log_every=log_every, lr=lr, seed=seed, probes=probes,
                     stop_loss=stop_loss, trace_path=trace_path, progress=progress,
-                    run_cfg=run_cfg, run_id=rid)
+                    run_cfg=run_cfg, run_id=rid, loggers=loggers)
 
 
 def compare(model: eqx.Module, data, optimizers: Sequence[Optimizer] | dict[str, Optimizer],

@@ -1,4 +1,4 @@
-"""The dynamics family (SCIENCE.md §1): discrete optax-driven methods and continuous flows.
+"""The dynamics family (docs/science.md#dynamics): discrete optax-driven methods and continuous flows.
 
 Every member is an Equinox module that owns what used to be a string branch: whether it is
 full batch, its state, one chunk of its evolution and its edge-of-stability threshold. One

@@ -1,6 +1,6 @@
 """The central flow of gradient descent (Cohen, Damian et al., "Understanding Optimization in
 Deep Learning with Central Flows", 2024/25; code: locuslab/central_flows, minimal.py and
-src/flows.py; SCIENCE.md §7).
+src/flows.py; docs/science.md#central-flow).
 
 At the edge of stability GD oscillates along the top Hessian eigenvectors; the central flow is
 the ODE its time average follows. Over the tracked top-k eigenspace U (k = ``eigs``, warm-started

@@ -1,4 +1,4 @@
-"""The SDE of SGD and SVAG (SCIENCE.md §7).
+"""The SDE of SGD and SVAG (docs/science.md#sde-of-sgd).
 
 **SDE of SGD** (stochastic modified equation; Li, Tai & E 2017, "Stochastic modified equations
 and adaptive stochastic gradient algorithms"; validity: Li, Malladi & Arora 2021, "On the

@@ -1,5 +1,5 @@
 """Adam at the edge of stability (Cohen et al. 2022, "Adaptive gradient methods at the edge of
-stability"; SCIENCE.md §7).
+stability"; docs/science.md#adaptive-sharpness).
 
 Full-batch Adam with step h on an MSE tanh MLP: the preconditioned sharpness λ_max(P⁻¹H), with
 Adam's current preconditioner P = diag(√v̂ + ε) (v̂ bias-corrected), rises until it reaches

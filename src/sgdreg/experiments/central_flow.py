@@ -1,6 +1,6 @@
 """Central flow vs gradient flow vs modified flow against GD's time average at the edge of
 stability (Cohen, Damian et al., "Understanding Optimization in Deep Learning with Central
-Flows"; SCIENCE.md §7).
+Flows"; docs/science.md#central-flow).
 
 From one θ0 (per seed): full-batch GD with step h (at EoS: λ_max reaches 2/h and GD oscillates
 along the top eigenvectors), the gradient flow dθ/dt = −∇L and the IGR modified flow

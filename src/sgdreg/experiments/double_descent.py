@@ -1,4 +1,4 @@
-"""Double descent (SCIENCE.md §5).
+"""Double descent (docs/science.md#double-descent).
 
 * ``rff_model_wise`` / ``rff_sample_wise`` — random Fourier features with the min-norm fit,
   swept in the number of features N (Belkin et al. 2019, "Reconciling modern machine-learning

@@ -1,5 +1,5 @@
 """Edge of stability (Cohen et al. 2021, "Gradient descent on neural networks typically occurs
-at the edge of stability"; SCIENCE.md §3).
+at the edge of stability"; docs/science.md#curvature).
 
 Full-batch GD with step h on an MSE tanh MLP: the sharpness λ_max = top eigenvalue of ∇²L rises
 (progressive sharpening) until it reaches 2/h, then hovers there while L keeps falling,
@@ -39,7 +39,7 @@ MODEL = dict(model="mlp", activation="tanh", loss="mse")
 
 class SharpnessProbe:
     """λ_max of H = ∇²L (full-batch training loss) every ``every`` steps: ``lanczos_steps``
-    Lanczos steps with full re-orthogonalisation (SCIENCE.md §3), started from the previous top
+    Lanczos steps with full re-orthogonalisation (docs/science.md#curvature), started from the previous top
     Ritz vector (``ctx.memory``; the first call from a Gaussian vector). Ritz residual
     ‖Hy − λy‖ = |β_m s_m| and its converged flag are logged with it."""
 

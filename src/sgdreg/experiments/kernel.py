@@ -1,4 +1,4 @@
-"""Minimum-norm interpolation (Zhang et al. 2017, §5; SCIENCE.md §4).
+"""Minimum-norm interpolation (Zhang et al. 2017, §5; docs/science.md#generalization-experiments).
 
 * ``min_norm_kernel`` — the kernel interpolant Kα = Y (test error, RKHS norm), GD from zero
   reaching the minimum-norm linear interpolant, and the two views of the norm: across kernels

@@ -1,7 +1,7 @@
 """Label-noise SGD drifts along a manifold of minima toward lower tr H (Blanc, Gupta, Valiant &
 Valiant 2020, "Implicit regularization for deep neural networks driven by an Ornstein-Uhlenbeck
 like process"; Damian, Ma & Lee 2021, "Label noise SGD provably prefers flat global minimizers";
-SCIENCE.md §7).
+docs/science.md#label-noise-sgd).
 
 Setting: the 2-layer diagonal linear network f(x) = ⟨u⊙v, x⟩ (θ = (u, v) ∈ R^{2d}) on n < d
 noiseless examples y = X w* of a sparse teacher w*, loss L = (1/n) Σ ½(f(x_i) − y_i)². Its

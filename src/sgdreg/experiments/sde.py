@@ -1,4 +1,4 @@
-"""The SDE of SGD and SVAG against SGD (SCIENCE.md §7; Li, Tai & E 2017; Li, Malladi & Arora
+"""The SDE of SGD and SVAG against SGD (docs/science.md#sde-of-sgd; Li, Tai & E 2017; Li, Malladi & Arora
 2021): exact oracles on a quadratic and path statistics on a small network.
 
 * **Quadratic with additive gradient noise.** ℓ_i(θ) = ½θᵀAθ − ξ_iᵀθ with Σ_i ξ_i = 0, so

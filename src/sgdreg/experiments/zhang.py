@@ -1,5 +1,6 @@
 """Zhang et al. 2017, "Understanding deep learning requires rethinking generalization"
-(SCIENCE.md §4): the randomization tests of Fig. 1 and the finite-sample expressivity of Theorem 1.
+(docs/science.md#generalization-experiments): the randomization tests of Fig. 1 and the finite-sample
+expressivity of Theorem 1.
 
 * ``randomization_test`` — true labels, label corruption p, shuffled pixels, random pixels,
   Gaussian inputs, hyper-parameters unchanged: the net fits them all, random labels more slowly.

@@ -6,3 +6,10 @@
 ``<results_dir>/<experiment>.json`` (``sgdreg.results``). The gallery is ``sgdreg.figures``.
 The numerical core never imports this package (it imports matplotlib and seaborn).
 """
+
+from .._optional import missing as _missing
+from ..errors import MissingDependencyError as _MissingDependencyError
+
+if _absent := _missing(("matplotlib", "seaborn", "pandas")):
+    raise _MissingDependencyError(f"sgdreg.plotting needs {', '.join(_absent)}: "
+                                  "pip install 'sgdreg[plot]'")
