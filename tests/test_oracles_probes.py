@@ -37,3 +37,32 @@ def test_rmsprop_threshold_is_the_linear_stability_edge(beta, nesterov):
     thr = pre.threshold
     b = 0.0 if beta is None else beta
     assert _radius(thr * (1 - 1e-7), h, b, nesterov) < 1 < _radius(thr * (1 + 1e-7), h, b, nesterov)
+
+
+def _least_squares(w, x, y):
+    return 0.5 * (x @ w - y) ** 2
+
+
+@pytest.mark.parametrize("steps, converged", [(4, False), (6, True)])
+def test_lambda_max_converged_is_the_top_pairs_flag(steps, converged):
+    """``lambda_max_converged`` is the flag of the top Ritz pair, ‖Hy − θy‖ ≤ √eps·max|θ|, not of
+    another pair: H = XᵀX/n with eigenvalues 10 (isolated) and 11 clustered in [1, 1.3]; after 6
+    Lanczos steps the top pair has converged while the second has not (its Ritz value is still
+    off the cluster's edge 1.3 by more than the tolerance); after 4 the top pair has not."""
+    jax = pytest.importorskip("jax")
+    rng = np.random.default_rng(0)
+    p = 12
+    q, _ = np.linalg.qr(rng.normal(size=(p, p)))
+    ev = np.r_[10.0, np.linspace(1.0, 1.3, p - 1)]
+    x = np.sqrt(p * ev)[:, None] * q.T  # XᵀX/p = q diag(ev) qᵀ
+    out = probes._curvature(_least_squares, jnp.zeros(p), jnp.asarray(x), jnp.asarray(rng.normal(size=p)),
+                            jax.random.key(0), jnp.zeros(p), num_probes=2, kind="rademacher",
+                            lanczos_steps=steps, top_k=2, chunk=p, slq_starts=0,
+                            lambda_min_max_steps=0, lambda_min_tol=1e-6)
+    out = out[0] if isinstance(out, tuple) else out
+    tol = np.sqrt(np.finfo(np.float64).eps) * 10.0
+    second = float(out["top_eigenvalues"][1])
+    assert abs(second - 1.3) > tol  # the second pair is unconverged in both cases
+    assert float(out["lambda_max"]) == pytest.approx(10.0, rel=1e-6)
+    assert bool(out["lambda_max_converged"]) is converged
+    assert bool(float(out["lambda_max_residual"]) <= tol) is converged

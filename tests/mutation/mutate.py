@@ -241,7 +241,8 @@ def _child(workdir: Path, tests: list[str], log: Path) -> None:
     jax.config.update("jax_compilation_cache_dir", str(workdir.parent / (workdir.name + "-xla")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     import pytest
-    rc = pytest.main(["-x", "-q", "-n", "0", "-p", "no:cacheprovider", "-m", "not slow",
+    # every listed test that CI runs (its default suite and its slow stage), not dense/browser ones
+    rc = pytest.main(["-x", "-q", "-n", "0", "-p", "no:cacheprovider", "-m", "not dense and not browser",
                       "--rootdir", str(workdir), "-c", str(workdir / "pyproject.toml"), *tests])
     sys.stdout.flush()
     sys.stderr.flush()
