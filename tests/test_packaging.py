@@ -72,6 +72,10 @@ def test_a_missing_extra_is_one_error_naming_it(monkeypatch, tmp_path):
     monkeypatch.delitem(sys.modules, "sgdreg.plotting", raising=False)
     with pytest.raises(sgdreg.MissingDependencyError, match=r"pandas: pip install 'sgdreg\[plot\]'"):
         importlib.import_module("sgdreg.plotting")
+    for mod in ("sgdreg.correlation", "sgdreg.experiments.generalization"):
+        monkeypatch.delitem(sys.modules, mod, raising=False)
+        with pytest.raises(sgdreg.MissingDependencyError, match=r"needs .*'pandas': .*'sgdreg\[plot\]'"):
+            importlib.import_module(mod)
     monkeypatch.setitem(sys.modules, "mnist1d", None)
     monkeypatch.setitem(sys.modules, "mnist1d.data", None)
     with pytest.raises(sgdreg.MissingDependencyError, match=r"'mnist1d'.*pip install 'sgdreg\[data\]'"):

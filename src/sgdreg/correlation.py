@@ -16,7 +16,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
+
+from ._optional import require
+
+pd = require("pandas", "plot", "sgdreg.correlation")
 
 Runs = pd.DataFrame | Sequence[dict[str, Any]]
 

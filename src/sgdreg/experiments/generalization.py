@@ -52,8 +52,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
+from .._optional import require
 from ..correlation import rank_measures
 from ..errors import FileFormatError, SgdregError
 from ..jsonio import load_json
@@ -61,6 +60,8 @@ from ..trace import SCHEMA as TRACE_SCHEMA
 from ..trace import atomic_write_json, to_json_value, validate_trace
 from ._common import Progress, say
 from .kernel import dist_to_min_norm
+
+pd = require("pandas", "plot", "sgdreg.experiments.generalization")
 
 MEASURES_FILE = "measures.json"
 CORRELATION_FILE = "correlation.json"
