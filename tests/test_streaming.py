@@ -74,12 +74,17 @@ def test_aux_mean_hvp_equal_in_memory(problem):
     _close(jitted(p, *host), full_batch_hvp(_loss, p, *dev, v, CHUNK))
 
 
+def _operators(problem):
+    """The Hessian operator in memory and streamed, and a shared key."""
+    p, _, dev, host = problem
+    return (cv.hessian_matvec(_loss, p, *dev, chunk_size=CHUNK),
+            cv.hessian_matvec(_loss, p, *host, chunk_size=CHUNK), jax.random.key(3))
+
+
 @pytest.mark.slow
 def test_hutchinson_lanczos_equal_in_memory(problem):
-    p, _, dev, host = problem
-    hd = cv.hessian_matvec(_loss, p, *dev, chunk_size=CHUNK)
-    hh = cv.hessian_matvec(_loss, p, *host, chunk_size=CHUNK)
-    key = jax.random.key(3)
+    p, _, dev, _ = problem
+    hd, hh, key = _operators(problem)
     a = cv.hutchinson(hd, hd.dim, key, 6)
     b = cv.hutchinson(hh, hh.dim, key, 6)  # the same probes
     _close((b.estimate, b.trace_sq, b.diag), (a.estimate, a.trace_sq, a.diag))
@@ -92,10 +97,8 @@ def test_hutchinson_lanczos_equal_in_memory(problem):
 
 @pytest.mark.slow
 def test_vmapped_probes_adaptive_lanczos_slq_equal_in_memory(problem):
-    p, _, dev, host = problem
-    hd = cv.hessian_matvec(_loss, p, *dev, chunk_size=CHUNK)
-    hh = cv.hessian_matvec(_loss, p, *host, chunk_size=CHUNK)
-    key = jax.random.key(3)
+    p, _, dev, _ = problem
+    hd, hh, key = _operators(problem)
     a = cv.hutchinson(hd, hd.dim, key, 6, batching="vmap")
     b = cv.hutchinson(hh, hh.dim, key, 6, batching="vmap")
     _close((b.estimate, b.trace_sq, b.diag), (a.estimate, a.trace_sq, a.diag))

@@ -125,19 +125,30 @@ def chunk_data(x: jax.Array, y: jax.Array, chunk_size: int):
     )
 
 
+def _chunks(n: int, chunk_size: int) -> tuple[int, int]:
+    """(rows per chunk, number of chunks) for n examples."""
+    chunk = max(1, min(int(chunk_size), n))
+    return chunk, -(-n // chunk)
+
+
+def _window(j, chunk: int, n: int, dtype):
+    """Chunk j's first row (the last chunk shifted back to end at row n) and its 0/1 weights
+    (rows already counted by chunk j − 1 get 0)."""
+    start = jnp.minimum(j * chunk, n - chunk)
+    return start, (start + jnp.arange(chunk) >= j * chunk).astype(dtype)
+
+
 def _scan_sum(chunk_fn, init, x, y, chunk_size: int):
     """Σ_j chunk_fn(x_j, y_j, w_j) over in-place chunks (w_j masks rows of earlier chunks)."""
     if is_host(x) or is_host(y):
         return _stream_sum(chunk_fn, init, x, y, chunk_size)
     n = x.shape[0]
-    chunk = max(1, min(int(chunk_size), n))
-    nc = -(-n // chunk)
+    chunk, nc = _chunks(n, chunk_size)
 
     def body(acc, j):
-        start = jnp.minimum(j * chunk, n - chunk)
+        start, wb = _window(j, chunk, n, x.dtype)
         xb = jax.lax.dynamic_slice_in_dim(x, start, chunk)
         yb = jax.lax.dynamic_slice_in_dim(y, start, chunk)
-        wb = (start + jnp.arange(chunk) >= j * chunk).astype(x.dtype)
         return jax.tree.map(jnp.add, acc, chunk_fn(xb, yb, wb)), None
 
     return jax.lax.scan(body, init, jnp.arange(nc))[0]
@@ -152,14 +163,12 @@ def _stream_sum(chunk_fn, init, x, y, chunk_size: int):
     the host; chunk j+1's fetch is issued in step j before (and independent of) chunk j's
     compute, so a transfer overlaps a compute where the runtime allows."""
     n = x.shape[0]
-    chunk = max(1, min(int(chunk_size), n))
-    nc = -(-n // chunk)
-    wdtype = x.dtype
+    chunk, nc = _chunks(n, chunk_size)
 
     def fetch(j):
-        start = jnp.minimum(j * chunk, n - chunk)
+        start, wb = _window(j, chunk, n, x.dtype)
         rows = start + jnp.arange(chunk)
-        return _rows(x, rows), _rows(y, rows), (rows >= j * chunk).astype(wdtype)
+        return _rows(x, rows), _rows(y, rows), wb
 
     def body(carry, j):
         acc, cur = carry

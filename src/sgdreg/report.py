@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .errors import TraceError
-from .trace import atomic_write_text, find_traces
+from .trace import atomic_write_text, find_traces, last_value
 
 FULL_BATCH = ("gd", "flow", "modified-flow", "central-flow")  # = config.FULL_BATCH (no jax import)
 
@@ -83,8 +83,7 @@ def _final(doc: dict, key: str) -> Any:
     s = doc.get("summary") or {}
     if s.get(key) is not None:
         return s[key]
-    col = (doc.get("metrics") or {}).get(key) or []
-    return next((v for v in reversed(col) if v is not None and not isinstance(v, list)), None)
+    return last_value((doc.get("metrics") or {}).get(key))
 
 
 def run_row(doc: dict) -> dict[str, Any]:

@@ -218,6 +218,13 @@ class TraceWriter:
         self._last_write = now
 
 
+def last_value(column: Any) -> Any:
+    """The last non-null scalar of a metric column (probes log at their own cadence; vector
+    metrics are skipped), None if there is none."""
+    return next((v for v in reversed(column or []) if v is not None and not isinstance(v, list)),
+                None)
+
+
 def _metric_value_ok(v: Any) -> bool:
     """A metric cell: a number, a boolean (``lambda_max_converged``), null, or a (nested) list
     of them (vector metrics)."""

@@ -37,7 +37,7 @@ from .errors import ConfigError, ModelError, OptimizerError, PrecisionError
 from .losses import LossFn, Objective, check_objective, is_stateful, is_stochastic, loss_name
 from .models import layer_names, make_model, num_params, trainable_filter
 from .probes import CurvatureProbe, Probe
-from .trace import device_info, versions
+from .trace import device_info, last_value, versions
 
 Optimizer = str | dyn.AbstractDynamics | optax.GradientTransformation
 MINIBATCH_DEFAULT = 32
@@ -557,7 +557,7 @@ def summarize(doc: dict) -> dict:
         if k in m:
             out[k] = m[k][-1]
     for k in PROBE_SUMMARY_KEYS:  # probes log at their own cadence: their last recorded value
-        last = next((v for v in reversed(m.get(k, [])) if v is not None), None)
+        last = last_value(m.get(k))
         if last is not None:
             out[k] = last
     mn = doc.get("probes", {}).get("min_norm", {})  # the min-norm solution θ* = Φ⁺Y itself

@@ -57,7 +57,7 @@ from ..correlation import rank_measures
 from ..errors import FileFormatError, SgdregError
 from ..jsonio import load_json
 from ..trace import SCHEMA as TRACE_SCHEMA
-from ..trace import atomic_write_json, to_json_value, validate_trace
+from ..trace import atomic_write_json, last_value, to_json_value, validate_trace
 from ._common import Progress, say
 from .kernel import dist_to_min_norm
 
@@ -132,11 +132,6 @@ def find_runs(run_dir: str | Path) -> list[tuple[RunFiles, dict | str]]:
     return out
 
 
-def _last(values: Sequence | None):
-    """The last non-null value of a metric column (None if there is none)."""
-    return next((v for v in reversed(values or []) if v is not None), None)
-
-
 def steps_to_loss(doc: dict, target: float | None) -> int | None:
     """First logged step with train_loss ≤ target (None: never, or no target)."""
     if target is None:
@@ -190,7 +185,7 @@ def trace_measures(doc: dict, target: float | None) -> dict[str, float]:
     """Measures read from the trace: final-row IGR/noise terms, last logged curvature, steps."""
     m = doc["metrics"]
     out = {k: m[k][-1] for k in TRACE_FINAL if m.get(k) and m[k][-1] is not None}
-    out |= {k: v for k in TRACE_CURVATURE if (v := _last(m.get(k))) is not None}
+    out |= {k: v for k in TRACE_CURVATURE if (v := last_value(m.get(k))) is not None}
     steps = steps_to_loss(doc, target)
     if steps is not None:
         out["steps_to_loss"] = float(steps)
