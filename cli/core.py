@@ -32,7 +32,9 @@ Opt = typer.Option
 
 # Shared run options (same names and defaults in compare/train).
 DatasetOpt = Annotated[str, Opt("--dataset", help="Dataset name (see `sgdreg datasets`).")]
-ModelOpt = Annotated[str, Opt("--model", help="mlp | cnn | linear | random-features.")]
+ModelOpt = Annotated[str, Opt("--model", help="mlp | cnn | linear | random-features | resnet18 "
+                               "(--width = k) | zhang-inception | zhang-alexnet | zhang-mlp "
+                               "(--width, --depth).")]
 LossOpt = Annotated[str, Opt("--loss", help="ce (cross-entropy) or mse (½‖f−y‖²).")]
 StepsOpt = Annotated[int, Opt("--steps", help="Parameter updates per run (flows: t = steps·lr).")]
 EpochsOpt = Annotated[float | None, Opt("--epochs", help="Instead of --steps: passes over the "
@@ -52,6 +54,13 @@ DepthOpt = Annotated[int, Opt("--depth", help="Hidden layers.")]
 ActivationOpt = Annotated[str, Opt("--activation", help="relu, tanh, gelu, softplus, ...")]
 MomentumOpt = Annotated[float, Opt("--momentum", help="β for momentum/nesterov, b1 for adam.")]
 DataDirOpt = Annotated[str | None, Opt("--data-dir", help="Folder with MNIST/CIFAR-10 files.")]
+CropOpt = Annotated[int | None, Opt("--crop", help="Centre crop of image data to crop×crop "
+                                    "pixels (Zhang et al.: 28 of CIFAR-10's 32).")]
+LrDecayOpt = Annotated[float, Opt("--lr-decay", help="Staircase step-size decay of the discrete "
+                                  "methods, h_t = lr·lr_decay^⌊t/lr_decay_every⌋ (compare: "
+                                  "flows keep the constant lr).")]
+LrDecayEveryOpt = Annotated[int, Opt("--lr-decay-every", help="Steps between step-size decays "
+                                     "(0 = constant lr).")]
 DeviceBudgetOpt = Annotated[int | None, Opt(
     "--device-budget", help="Bytes of device memory the data may take; above it they stay on "
     "the host and stream in chunks (same numbers).")]
@@ -114,7 +123,10 @@ def make_configs(optimizers: str, lr: str, **common) -> list[RunConfig]:
             raise UsageProblem(f"--lr must be > 0, got {v:g}")
     # label noise is an option of the discrete methods; the continuous ones run without it
     ln = common.pop("label_noise", 0.0)
-    cfgs = [RunConfig(optimizer=o, lr=h, label_noise=ln if o in DISCRETE else 0.0, **common)
+    # so is the step-size schedule: the continuous ones integrate at the constant lr
+    sched = {k: common.pop(k) for k in ("lr_decay", "lr_decay_every") if k in common}
+    cfgs = [RunConfig(optimizer=o, lr=h, label_noise=ln if o in DISCRETE else 0.0,
+                      **(sched if o in DISCRETE else {}), **common)
             for o in opts for h in lrs]
     for c in cfgs:
         validate_early(c)
@@ -183,16 +195,21 @@ def auto_hessian_every(cfg: RunConfig, probes: int) -> int:
 
 def stream_budget(ds, budget: int, cfg: RunConfig):
     """``ds`` with ``device_budget`` = ``budget`` (UsageProblem, before any output, when it is
-    below one chunk of ``cfg.eval_chunk`` rows in ``cfg.dtype``)."""
+    below one chunk of ``cfg.eval_chunk`` rows in ``cfg.dtype``). ``ds=None``: loaded here,
+    MNIST/CIFAR-10 memory-mapped (``load_data(cfg, device_budget=budget)``)."""
     from sgdreg.errors import ConfigError
-    from sgdreg.training import streamed
+    from sgdreg.training import load_data, streamed
 
     if budget < 1:
         raise UsageProblem(f"--device-budget must be a positive number of bytes, got {budget}")
-    ds = ds.replace(device_budget=budget)
     try:
+        if ds is None:
+            return load_data(cfg, device_budget=budget)
+        ds = ds.replace(device_budget=budget)
         streamed(ds, cfg.dtype, cfg.eval_chunk)
     except ConfigError as e:
+        if not str(e).startswith("device_budget"):
+            raise
         raise UsageProblem(f"--{str(e).replace('_', '-', 1)}") from None
     return ds
 
@@ -207,9 +224,9 @@ def run_grid(cfgs: list[RunConfig], epochs: float | None, out: Path, label: str,
     ``out`` (``run_concurrently``), calling ``after_compile()`` once every run has compiled."""
     from sgdreg.training import load_data, run_id, train
 
-    ds = load_data(cfgs[0])
-    if device_budget is not None:  # above it the data stream from the host (batching.py)
-        ds = stream_budget(ds, device_budget, cfgs[0])
+    # above the budget the data stream from the host (batching.py; MNIST/CIFAR-10 memmapped)
+    ds = load_data(cfgs[0]) if device_budget is None else stream_budget(None, device_budget,
+                                                                        cfgs[0])
     cfgs = [with_epochs(c, epochs, ds.n_train) for c in cfgs]
     cfgs = [c if c.log_every is not None else c.replace(log_every=default_log_every(c, ds.n_train))
             for c in cfgs]
@@ -217,7 +234,7 @@ def run_grid(cfgs: list[RunConfig], epochs: float | None, out: Path, label: str,
         cfgs = [c if c.hessian_every else c.replace(hessian_every=auto_hessian_every(
             c, curvature_probes)) for c in cfgs]
     for c in cfgs:
-        validate(c, ds.n_train)
+        validate(c, ds.n_train, input_shape=ds.input_shape)  # image presets need images
     make_output(out, overwrite)
     console.print(f"[bold]{label}[/] on {ds.name} (n={ds.n_train}, test {ds.n_test}) → {out}")
     prog, callback_for = progress_bar(label, len(cfgs))
@@ -367,13 +384,18 @@ def compare(
     loss: LossOpt = "mse",
     width: WidthOpt = 128,
     depth: DepthOpt = 2,
-    activation: ActivationOpt = "tanh",
+    activation: Annotated[str | None, Opt("--activation", help="relu, tanh, gelu, softplus, ... "
+                                          "(default: tanh; relu for the paper-scale presets "
+                                          "resnet18, zhang-*).")] = None,
     momentum: MomentumOpt = 0.9,
+    lr_decay: LrDecayOpt = 1.0,
+    lr_decay_every: LrDecayEveryOpt = 0,
     label_noise: LabelNoiseOpt = 0.0,
     central_flow_eigs: CentralEigsOpt = 3,
     svag_amplification: SvagOpt = 8,
     log_every: LogOpt = None,
     data_dir: DataDirOpt = None,
+    crop: CropOpt = None,
     device_budget: DeviceBudgetOpt = None,
     n_train: Annotated[int | None, Opt("--n-train", help="Use the first n training examples "
                                        "(default: 256 for digits, all of any other dataset; "
@@ -419,6 +441,10 @@ def compare(
     """
     check_epochs(epochs)
     loggers = parse_log_to(log_to)
+    if activation is None:  # the paper-scale presets are ReLU nets
+        from sgdreg.models import ZOO_MODELS
+
+        activation = "relu" if model in ZOO_MODELS else "tanh"
     if n_train is None:  # the embedded default: 256 of digits' 1438 (see the README)
         n_train = DEFAULT_DIGITS_N if dataset == "digits" else 0
     if n_train < 0:
@@ -431,9 +457,10 @@ def compare(
     cfgs = make_configs(optimizers, lr, steps=steps, batch_size=batch_size, seed=seed,
                         dataset=dataset, model=model, loss=loss, width=width, depth=depth,
                         activation=activation, momentum=momentum, label_noise=label_noise,
+                        lr_decay=lr_decay, lr_decay_every=lr_decay_every,
                         central_flow_eigs=central_flow_eigs,
                         svag_amplification=svag_amplification, log_every=log_every,
-                        data_dir=data_dir, n_train=n_train or None, dtype=dtype,
+                        data_dir=data_dir, crop=crop, n_train=n_train or None, dtype=dtype,
                         hessian_every=hessian_every or 0, probes=probes,
                         lanczos_steps=lanczos_steps, lambda_min_steps=lambda_min_steps,
                         top_k=top_k, hessian_n=hessian_n, slq=slq)
@@ -472,6 +499,8 @@ def train(
     = "none",
     corruption: Annotated[float, Opt("--corruption", help="Label-corruption probability p.")] = 0.0,
     momentum: MomentumOpt = 0.9,
+    lr_decay: LrDecayOpt = 1.0,
+    lr_decay_every: LrDecayEveryOpt = 0,
     label_noise: LabelNoiseOpt = 0.0,
     central_flow_eigs: CentralEigsOpt = 3,
     svag_amplification: SvagOpt = 8,
@@ -483,6 +512,7 @@ def train(
     activation: ActivationOpt = "relu",
     log_every: LogOpt = None,
     data_dir: DataDirOpt = None,
+    crop: CropOpt = None,
     device_budget: DeviceBudgetOpt = None,
     n_train: NTrainOpt = None,
     dtype: DtypeOpt = "float32",
@@ -509,6 +539,9 @@ def train(
       sgdreg train --optimizer gd --randomization random-labels --steps 3000
 
       sgdreg train --optimizer gd --lr 0.05 --hessian-every 50 --save-checkpoint
+
+      sgdreg train --model resnet18 --width 16 --dataset cifar10 --data-dir DIR --crop 28
+      --optimizer momentum --lr 0.1 --lr-decay 0.95 --lr-decay-every 390
     """
     if optimizer not in OPTIMIZERS:
         raise UsageProblem(f"--optimizer: unknown value {optimizer!r}; allowed: "
@@ -519,8 +552,9 @@ def train(
                     activation=activation, momentum=momentum, egr=egr,
                     label_noise=label_noise, central_flow_eigs=central_flow_eigs,
                     svag_amplification=svag_amplification, randomization=randomization,
-                    corruption=corruption, log_every=log_every,
-                    data_dir=data_dir, n_train=n_train, dtype=dtype,
+                    corruption=corruption, log_every=log_every, lr_decay=lr_decay,
+                    lr_decay_every=lr_decay_every, data_dir=data_dir, crop=crop,
+                    n_train=n_train, dtype=dtype,
                     hessian_every=hessian_every, probes=probes, lanczos_steps=lanczos_steps,
                     top_k=top_k, hessian_n=hessian_n, slq=slq,
                     **({} if lambda_min_steps is None else {"lambda_min_steps": lambda_min_steps}))
@@ -534,7 +568,7 @@ def train(
 
         res = results[0]
         path = dest / f"{res.trace['run_id']}.eqx"
-        save_model(path, res.model, res.setup.cfg, ds)
+        save_model(path, res.model, res.setup.cfg, ds, state=res.state)  # BatchNorm: state
         console.print(f"checkpoint → {path}")
     print_table(f"{ds.name}: final values", *summary_rows(results))
     if json:

@@ -82,6 +82,7 @@ def hessian(
         raise UsageProblem(f"{checkpoint}: no such checkpoint file")
     dest = output_dir(out, "hessian", overwrite=overwrite)
     model, cfg = load_model(checkpoint)
+    model, state = model if isinstance(model, tuple) else (model, None)  # BatchNorm presets
     cfg = cfg.replace(probes=probes, lanczos_steps=lanczos_steps, top_k=top_k,
                       hessian_n=hessian_n, slq=True, hessian_every=cfg.log_every)
     validate(cfg)
@@ -89,7 +90,8 @@ def hessian(
     validate(cfg, ds.n_train)  # --hessian-n ≤ n
     options = {k: v for k, v in (("lambda_min_max_steps", lambda_min_steps),
                                  ("lambda_min_tol", lambda_min_tol)) if v is not None}
-    res = measure_curvature(model, cfg, ds, seed=seed, slq_starts=slq_starts, **options)
+    res = measure_curvature(model, cfg, ds, seed=seed, state=state, slq_starts=slq_starts,
+                            **options)
     make_output(dest)
     files, used = spectral_density_figure(res["slq_nodes"], res["slq_weights"],
                                           dest / "density.png", sigma)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -41,6 +42,10 @@ def sweep(
     status: Annotated[bool, Opt("--status", help="Show what the sweep in --out has committed "
                                 "(every shard merged); run nothing, write nothing.")] = False,
     json: Annotated[bool, Opt("--json", help="Print the sweep index on stdout.")] = False,
+    device_budget: Annotated[int | None, Opt(
+        "--device-budget", help="Bytes of device memory the data may take; above it they stay "
+        "on the host (MNIST/CIFAR-10: memory-mapped files) and every run of a group streams the "
+        "one shared copy in chunks (same numbers).")] = None,
 ):
     """Run every configuration of a grid file as vmapped runs in one compiled program per group.
 
@@ -59,11 +64,14 @@ def sweep(
       sgdreg sweep grid.toml --out runs/grid --shard $SLURM_ARRAY_TASK_ID/8
 
       sgdreg sweep grid.toml --out runs/grid --status
+
+      sgdreg sweep cifar_grid.toml --out runs/cifar --device-budget 4000000000
     """
     if resume and out is None:
         raise UsageProblem("--resume needs --out (the directory of the sweep to continue)")
     if status:
-        return _status(grid, out, json, shard=shard, other=resume or overwrite or dry_run)
+        return _status(grid, out, json, shard=shard,
+                       other=resume or overwrite or dry_run or device_budget is not None)
     spec = None
     if shard is not None:
         from sgdreg.config import ConfigError
@@ -81,6 +89,9 @@ def sweep(
         resume = True  # a shard continues its own commits
     check_int("--devices", devices, 1, 1 << 20)
     check_int("--block", block, 1, 1 << 20)
+    if device_budget is not None and device_budget < 1:
+        raise UsageProblem(f"--device-budget must be a positive number of bytes, got "
+                           f"{device_budget}")
     if grid.exists() and not grid.is_file():
         raise UsageProblem(f"{grid}: is a directory, not a sweep file")
     dest = None if dry_run else output_dir(out, "sweep", overwrite=overwrite, resume=resume)
@@ -92,10 +103,13 @@ def sweep(
 
     g = sw.load_grid(grid)
     if dry_run:
-        _show_plan(sw, g, devices, block, json)
+        with _budget_option():
+            _show_plan(sw, g, devices, block, json, device_budget)
         return
+    with _budget_option():  # data loaded (or memory-mapped) and the budget checked
+        plan = sw.plan_sweep(g, device_budget)
     if resume:  # every state file checked before anything is printed or rewritten
-        sw.check_sweep_dir(g, dest, resume=True, block=block, shard=spec)
+        sw.check_sweep_dir(plan, dest, resume=True, block=block, shard=spec)
     if overwrite:
         from .app import make_output
 
@@ -119,7 +133,7 @@ def sweep(
                       + (f", {ev['diverged']} diverged" if ev["diverged"] else ""),
                       highlight=False)
 
-    res = sw.run_sweep(g, dest, resume=resume and spec is None, devices=devices,
+    res = sw.run_sweep(plan, dest, resume=resume and spec is None, devices=devices,
                        progress=progress, save_models=save_models, block=block, shard=spec)
     if spec is not None:
         mine = {t["sweep"]["index"] for t in res.traces}
@@ -133,6 +147,19 @@ def sweep(
     if json:
         emit_json(res.index)
     return 1 if any(r["status"] == "failed" for r in res.index["runs"]) else 0
+
+
+@contextlib.contextmanager
+def _budget_option():
+    """The library's ``device_budget …`` errors, shown as the option (``--device-budget …``)."""
+    from sgdreg.errors import ConfigError
+
+    try:
+        yield
+    except ConfigError as e:
+        if not str(e).startswith("device_budget"):
+            raise
+        raise UsageProblem(f"--device-budget{str(e)[len('device_budget'):]}") from None
 
 
 def _counts_line(index: dict, what: str) -> str:
@@ -210,8 +237,8 @@ def _screen_table(index: dict):
     return cols, rows
 
 
-def _show_plan(sw, grid, devices, block, json):
-    plan = sw.plan_sweep(grid)
+def _show_plan(sw, grid, devices, block, json, device_budget=None):
+    plan = sw.plan_sweep(grid, device_budget)
     n_dev = len(sw.select_devices(devices))
     rows, out = [], []
     for g in plan.groups:

@@ -120,6 +120,39 @@ def test_host_array_gather_and_shapes(problem):
     assert jax.jit(lambda i: f32[i])(idx).dtype == jnp.float32
 
 
+def test_host_array_of_parts_with_a_transform():
+    """Several arrays read as one (CIFAR-10's batch files), a per-row transform applied on
+    every read path (host indexing, jit/vmap gathers, chunks), head/map views, digests."""
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, 256, (5, 7), dtype=np.uint8), rng.integers(0, 256, (4, 7),
+                                                                       dtype=np.uint8)
+    whole = np.concatenate([a, b])
+
+    def tf(raw):  # drop column 0, scale, reshape to (2, 3)
+        return (raw[:, 1:].astype(np.float64) / 255).reshape(len(raw), 2, 3)
+
+    ref = tf(whole)
+    h = HostArray([a, b], None, tf)
+    assert h.shape == (9, 2, 3) and h.dtype == np.float64 and h.nbytes == 9 * 6 * 8
+    np.testing.assert_array_equal(h[:], ref)
+    np.testing.assert_array_equal(h[[8, 0, 5, 4]], ref[[8, 0, 5, 4]])
+    np.testing.assert_array_equal(h[3, 1], ref[3, 1])
+    idx = jnp.asarray([[8, 0], [4, 5]])
+    np.testing.assert_array_equal(jax.jit(lambda i: h[i])(idx), ref[np.asarray(idx)])
+    np.testing.assert_array_equal(jax.vmap(lambda i: h[i])(idx), ref[np.asarray(idx)])
+    np.testing.assert_array_equal(np.concatenate([c for _, c in h.chunks(4)]), ref)
+    head = h.head(6)
+    assert len(head) == 6 and len(h) == 9
+    np.testing.assert_array_equal(head[:], ref[:6])
+    f32 = HostArray(h, np.float32).map(lambda x: x[:, :, 1:])
+    assert f32.shape == (9, 2, 2) and f32.dtype == np.float32
+    np.testing.assert_array_equal(f32[:], ref.astype(np.float32)[:, :, 1:])
+    assert HostArray([a, b], None, tf).digest() == HostArray(whole, None, tf).digest()
+    assert head.digest() != h.digest()
+    with pytest.raises(ConfigError, match="equal row shapes"):
+        HostArray([a, b[:, :3]])
+
+
 def _dataset(budget):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 4))

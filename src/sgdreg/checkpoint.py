@@ -122,11 +122,19 @@ def _describe(dataset) -> dict[str, Any] | None:
     return dataset.describe() if hasattr(dataset, "describe") else dict(dataset)
 
 
-def _out_size(model, in_shape, dtype) -> int | None:
-    """The model's output size on one example of ``in_shape`` (None when it needs a state)."""
+def _out_size(model, in_shape, dtype, state=None) -> int | None:
+    """The model's output size on one example of ``in_shape`` (a stateful model: called as
+    ``model(x, state)`` over a batch axis named "batch"; None for another signature)."""
+    x = jax.ShapeDtypeStruct(in_shape, dtype)
     try:
-        out = jax.eval_shape(model, jax.ShapeDtypeStruct(in_shape, dtype))
-    except Exception:  # noqa: BLE001 - a stateful or custom signature: not needed to reload
+        if state is None:
+            out = jax.eval_shape(model, x)
+        else:
+            xb = jax.ShapeDtypeStruct((1, *in_shape), dtype)
+            out = eqx.filter_eval_shape(lambda m, s, x: jax.vmap(
+                m, in_axes=(0, None), out_axes=(0, None), axis_name="batch")(x, s)[0][0],
+                model, state, xb)
+    except Exception:  # noqa: BLE001 - a custom signature: not needed to reload
         return None
     return int(np.prod(out.shape))
 
@@ -170,7 +178,7 @@ def save_model(path: str | os.PathLike, model: eqx.Module, cfg: RunConfig | None
     desc = header["dataset"]
     if cfg is not None and desc and "input_shape" in desc:
         header["input_shape"] = list(desc["input_shape"])
-        header["out_size"] = _out_size(model, tuple(desc["input_shape"]), dtype)
+        header["out_size"] = _out_size(model, tuple(desc["input_shape"]), dtype, state)
     save_tree(path, model if state is None else (model, state), header)
 
 
@@ -191,10 +199,12 @@ def load_model(path: str | os.PathLike, like: Any = None):
     """Load a model saved by ``save_model``; bit-identical arrays, never a dtype change.
 
     Without ``like``: ``(model, cfg)``, the skeleton rebuilt from the saved ``RunConfig`` by
-    ``models.make_model`` (preset models only). With ``like``: the saved tree loaded into
-    that structure and returned in it: a model, or ``(model, state)`` when a state was saved.
-    ``like`` may be a real model (e.g. ``CNN(key=...)``) or an ``eqx.filter_eval_shape``
-    skeleton; its structure hash and every leaf's shape and dtype must match the file.
+    ``models.make_preset`` (preset models only); a BatchNorm preset saved with its state
+    (``resnet18``, ``zhang-inception``) gives ``((model, state), cfg)``. With ``like``: the
+    saved tree loaded into that structure and returned in it: a model, or ``(model, state)``
+    when a state was saved. ``like`` may be a real model (e.g. ``CNN(key=...)``) or an
+    ``eqx.filter_eval_shape`` skeleton; its structure hash and every leaf's shape and dtype
+    must match the file.
 
     Raises:
         CheckpointError: missing/corrupt file, a custom model without ``like``, a skeleton that
@@ -213,7 +223,7 @@ def load_model(path: str | os.PathLike, like: Any = None):
     saved = head.get("model") or {}
     if like is not None:
         return _load_like(path, head, saved, like)
-    if head.get("config") is None or saved.get("stateful") or head.get("out_size") is None:
+    if head.get("config") is None or head.get("out_size") is None:
         raise CheckpointError(f"{path} holds a custom {saved.get('class', 'model')}; load it with "
                               "load_model(path, like=skeleton), e.g. like=Model(key=...) or "
                               "like=(model, state) for a stateful one")
@@ -243,7 +253,7 @@ def _load_like(path, head: dict, saved: dict, like):
 
 
 def _load_preset(path, head: dict, saved: dict):
-    from .models import make_model
+    from .models import make_preset
     from .training import require_dtype, structure_hash
 
     try:
@@ -251,14 +261,21 @@ def _load_preset(path, head: dict, saved: dict):
     except (TypeError, SgdregError) as e:
         raise CheckpointError(f"{path}: saved config does not match this sgdreg ({e})") from None
     dtype = require_dtype(cfg.dtype)
-    skeleton = eqx.filter_eval_shape(
-        lambda: make_model(cfg.model, tuple(head["input_shape"]), head["out_size"],
-                           key=jax.random.key(0), width=cfg.width, depth=cfg.depth,
-                           activation=cfg.activation, dtype=dtype))
+    try:
+        skeleton, state = eqx.filter_eval_shape(
+            lambda: make_preset(cfg.model, tuple(head["input_shape"]), head["out_size"],
+                                key=jax.random.key(0), width=cfg.width, depth=cfg.depth,
+                                activation=cfg.activation, dtype=dtype))
+    except (ValueError, SgdregError) as e:
+        raise CheckpointError(f"{path}: its config does not rebuild a preset ({e}); load it "
+                              "with load_model(path, like=skeleton)") from None
     want = saved.get("structure_hash")
-    if want is not None and want != structure_hash(skeleton):
+    if (want is not None and want != structure_hash(skeleton)) or (
+            state is not None) != bool(saved.get("stateful")):
         raise CheckpointError(f"{path} holds a {saved.get('class')} that is not the preset "
                               f"{cfg.model!r} of its config; load it with "
                               "load_model(path, like=skeleton)")
+    if state is not None:
+        return load_tree(path, (skeleton, state))[0], cfg
     model, _ = load_tree(path, skeleton)
     return model, cfg

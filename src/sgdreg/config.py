@@ -33,6 +33,7 @@ class RunConfig:
     n_test: int | None = None
     randomization: str = "none"
     corruption: float = 0.0
+    crop: int | None = None  # centre crop of image data to crop×crop (Zhang et al.: 28)
     # model
     model: str = "mlp"
     width: int = 128
@@ -46,6 +47,10 @@ class RunConfig:
     batch_size: int = 32
     momentum: float = 0.9
     egr: float = 0.0
+    # staircase step-size schedule of the discrete methods: h_t = lr·lr_decay^⌊t/lr_decay_every⌋
+    # (lr_decay_every = 0: constant h; Zhang et al. 2017: ×0.95 per epoch)
+    lr_decay: float = 1.0
+    lr_decay_every: int = 0
     stop_loss: float | None = None  # stop at the first logged step with train_loss ≤ this
     rtol: float = 1e-5
     atol: float = 1e-7
@@ -67,6 +72,9 @@ class RunConfig:
     # logging
     log_every: int = 10
     eval_chunk: int = 4096
+    # placement, not science (as eval_chunk): data above this many bytes stay on the host and
+    # stream to the device in chunks (``Dataset.device_budget``; MNIST/CIFAR-10 memory-mapped)
+    device_budget: int | None = None
     seed: int = 0
     dtype: str = "float32"
 
@@ -84,6 +92,12 @@ class RunConfig:
     def is_flow(self) -> bool:
         return self.optimizer in FLOWS
 
+    @property
+    def lr_schedule(self) -> tuple[float, int] | None:
+        """(lr_decay, lr_decay_every) when the step size decays, else None."""
+        return (self.lr_decay, self.lr_decay_every) if self.lr_decay_every and \
+            self.lr_decay != 1 else None
+
     def steps_per_epoch(self, n: int) -> int:
         """m = ⌊n/B⌋ minibatches per epoch (the last partial batch is dropped); 1 for full batch."""
         return 1 if self.full_batch else n // self.batch_size
@@ -96,11 +110,12 @@ REGRESSION_DATASETS = ("teacher", "linreg")  # real-valued targets: the mse loss
 
 _INT_FIELDS = ("steps", "batch_size", "width", "depth", "log_every", "eval_chunk", "probes",
                "lanczos_steps", "lambda_min_steps", "top_k", "hessian_every",
-               "central_flow_eigs", "svag_amplification")
+               "central_flow_eigs", "svag_amplification", "lr_decay_every")
 _POSITIVE = ("steps", "batch_size", "width", "log_every", "eval_chunk", "central_flow_eigs",
              "svag_amplification")
-_OPTIONAL_INT_FIELDS = ("n_train", "n_test", "hessian_n")
-_FLOAT_FIELDS = ("lr", "corruption", "momentum", "egr", "rtol", "atol", "label_noise")
+_OPTIONAL_INT_FIELDS = ("n_train", "n_test", "hessian_n", "crop")
+_FLOAT_FIELDS = ("lr", "corruption", "momentum", "egr", "rtol", "atol", "label_noise",
+                 "lr_decay")
 
 
 def _is_int(v) -> bool:
@@ -142,7 +157,7 @@ def check_real(name: str, v, lo: float = float("-inf"), hi: float = float("inf")
 
 
 def validate(cfg: RunConfig, n_train: int | None = None, *, dataset_given: bool = False,
-             model_given: bool = False) -> None:
+             model_given: bool = False, input_shape: tuple[int, ...] | None = None) -> None:
     """Raise ConfigError with one clear line (naming the RunConfig field) for any value a run
     cannot use; the CLI shows the field as its option (``lr`` → ``--lr``).
 
@@ -151,7 +166,9 @@ def validate(cfg: RunConfig, n_train: int | None = None, *, dataset_given: bool 
     ±inf are rejected for every number), ranges, integer bounds (steps ≤ ``MAX_STEPS`` = 2³¹ − 1,
     the int32 step counter; seed in 0..``MAX_SEED`` = 2³² − 1; every other count ≤ 2³¹ − 1), and
     consistency (corruption needs a label-corruption randomization, ce needs class labels).
-    With ``n_train`` (the loaded training set's size) also the sizes that depend on it.
+    With ``n_train`` (the loaded training set's size) also the sizes that depend on it; with
+    ``input_shape`` (one loaded example, after ``crop``) whether the preset model takes it
+    (``models.check_preset_input``: image presets need (channels, height, width)).
     ``dataset_given``/``model_given``: the caller supplies the data/model itself (``build``), so
     ``dataset`` (and the ce/regression check) or ``model`` and ``activation`` are labels, not
     names to look up."""
@@ -208,6 +225,10 @@ def validate(cfg: RunConfig, n_train: int | None = None, *, dataset_given: bool 
         raise ConfigError(f"batch_size must be ≥ 1, got {cfg.batch_size}")
     if cfg.eval_chunk < 1:
         raise ConfigError(f"eval_chunk must be ≥ 1, got {cfg.eval_chunk}")
+    if cfg.device_budget is not None and not (_is_int(cfg.device_budget)
+                                              and cfg.device_budget >= 1):
+        raise ConfigError(f"device_budget must be a whole number of bytes ≥ 1 (or None: "
+                          f"everything on the device), got {cfg.device_budget!r}")
     if n_train is not None and not cfg.full_batch and cfg.batch_size > n_train:
         raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {n_train} training examples")
     if n_train is not None and cfg.hessian_n is not None and cfg.hessian_n > n_train:
@@ -245,5 +266,21 @@ def validate(cfg: RunConfig, n_train: int | None = None, *, dataset_given: bool 
                           f"({cfg.log_every}), got {cfg.hessian_every}")
     if cfg.hessian_every and (cfg.probes < 2 or cfg.lanczos_steps < cfg.top_k or cfg.top_k < 1):
         raise ConfigError("probes must be ≥ 2 and lanczos_steps ≥ top_k ≥ 1")
+    check_real("lr_decay", cfg.lr_decay, 0, 1, lo_open=True)
+    if cfg.lr_decay != 1 and not cfg.lr_decay_every:
+        raise ConfigError(f"lr_decay_every must be ≥ 1 (steps between decays) for a decay "
+                          f"factor {cfg.lr_decay:g} to have an effect; 0 keeps the step size "
+                          "constant")
+    if cfg.lr_schedule and cfg.optimizer not in DISCRETE:
+        raise ConfigError(f"lr_decay: the step-size schedule is for the discrete methods "
+                          f"({', '.join(DISCRETE)}), not {cfg.optimizer!r}")
+    if not model_given:
+        from .models import ZOO_MODELS, check_preset_input
+
+        if cfg.model in ZOO_MODELS and cfg.activation != "relu":
+            raise ConfigError(f"activation: the {cfg.model!r} preset uses relu (as in its "
+                              f"paper), got {cfg.activation!r}")
+        if input_shape is not None:
+            check_preset_input(cfg.model, input_shape)
     if cfg.lambda_min_steps < 0:
         raise ConfigError(f"lambda_min_steps must be ≥ 0 (0: no λ_min), got {cfg.lambda_min_steps}")

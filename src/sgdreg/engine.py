@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .batching import full_batch_hvp, full_batch_value_and_grad
+from .batching import full_batch_hvp, full_batch_value_and_grad, ghost_value_and_grad, is_host
 from .dynamics import AbstractDynamics, Data, Hyper, TrainState, epoch_permutation
+from .errors import ConfigError
 from .losses import Objective
 from .probes import Probe, ProbeContext, cheap_metrics
 from .trace import TraceWriter
@@ -144,11 +145,14 @@ class _Writer(TraceWriter):
 
 
 class Problem(eqx.Module):
-    """What to optimise and how: the objective, the dynamics and the evaluation chunk size."""
+    """What to optimise and how: the objective, the dynamics, the evaluation chunk size and,
+    for a BatchNorm/dropout model, the ghost batch size G of its training-mode batches (None:
+    a batch is one forward; docs/science.md#batchnorm-and-dropout)."""
 
     objective: Objective
     dynamics: AbstractDynamics
     eval_chunk: int = eqx.field(static=True, default=4096)
+    ghost_batch: int | None = eqx.field(static=True, default=None)
 
     @property
     def full_batch(self) -> bool:
@@ -167,8 +171,10 @@ class Problem(eqx.Module):
     def training_gradient(self, params, model_state, x, y, key, mu, egr: bool):
         """(L̂, ∇, new model state) of the training objective on the batch (x, y), plus μ‖∇L̂‖²
         when ``egr``: gradient g + 2μ·Hg. A deterministic, stateless model is evaluated in
-        chunks (memory of one chunk); a stateful or stochastic one in one training-mode vmap
-        (BatchNorm batch statistics over the whole batch, one dropout key per example)."""
+        chunks (memory of one chunk); a stateful or stochastic one in training mode: in one
+        vmap (BatchNorm batch statistics over the whole batch, one dropout key per example),
+        or, with ``ghost_batch`` G and more than G rows (or host data), in ghost batches of G
+        rows (``batching.ghost_value_and_grad``; no EGR)."""
         obj = self.objective
         if not (obj.stateful or obj.stochastic):
             loss, g = full_batch_value_and_grad(obj.example_loss, params, x, y, self.eval_chunk)
@@ -176,6 +182,12 @@ class Problem(eqx.Module):
                 hg = full_batch_hvp(obj.example_loss, params, x, y, g, self.eval_chunk)
                 g = jax.tree.map(lambda a, b: a + 2 * mu * b, g, hg)
             return loss, g, model_state
+        if self.ghost_batch is not None and (x.shape[0] > self.ghost_batch or is_host(x)):
+            if egr:
+                raise ConfigError("EGR of a BatchNorm/dropout model in ghost batches is not "
+                                  "implemented")
+            return ghost_value_and_grad(obj.batch_loss, params, model_state, x, y, key,
+                                        self.ghost_batch)
         f = lambda p: obj.batch_loss(p, model_state, x, y, key)
         (loss, new_state), g = jax.value_and_grad(f, has_aux=True)(params)
         if egr:

@@ -146,11 +146,13 @@ class Objective(eqx.Module):
 
     def batch_loss(self, params, model_state, x: jax.Array, y: jax.Array, key):
         """(mean training-mode loss over the batch, new model state): one ``vmap`` over the
-        batch with ``axis_name="batch"``, dropout keys ``split(key, b)``."""
+        batch with ``axis_name="batch"``, dropout keys ``split(key, b)`` (``key`` None: a
+        model without dropout, e.g. BatchNorm only)."""
         model = eqx.combine(params, self.frozen)
-        keys = jax.random.split(key, x.shape[0])
+        keys = None if key is None else jax.random.split(key, x.shape[0])  # None: no dropout
         out, state = jax.vmap(lambda xi, ki, s: self._call(model, xi, s, ki), axis_name="batch",
-                              in_axes=(0, 0, None), out_axes=(0, None))(x, keys, model_state)
+                              in_axes=(0, None if key is None else 0, None),
+                              out_axes=(0, None))(x, keys, model_state)
         return jnp.mean(jax.vmap(self.loss)(out, y)), state
 
 

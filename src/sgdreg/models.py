@@ -20,7 +20,17 @@ ACTIVATIONS = {
     "sigmoid": jax.nn.sigmoid,
     "linear": lambda x: x,
 }
-MODELS = ("mlp", "cnn", "linear", "random-features")
+#: the paper-scale presets (``sgdreg.zoo``): ``RunConfig.width`` is ResNet-18's k and
+#: zhang-mlp's hidden width, ``depth`` zhang-mlp's hidden layers
+ZOO_MODELS = ("resnet18", "zhang-inception", "zhang-alexnet", "zhang-mlp")
+MODELS = ("mlp", "cnn", "linear", "random-features", *ZOO_MODELS)
+#: presets that need image inputs (channels, height, width)
+IMAGE_MODELS = ("cnn", "resnet18", "zhang-inception", "zhang-alexnet")
+#: presets with BatchNorm: built with ``eqx.nn.make_with_state`` (``make_preset``)
+STATEFUL_MODELS = ("resnet18", "zhang-inception")
+#: the smallest image side each image preset accepts (Inception's two VALID 3×3 stride-2
+#: downsamplings need 7 pixels)
+MIN_IMAGE_SIDE = {"zhang-inception": 7}
 
 
 def _activation(name: str):
@@ -134,6 +144,59 @@ class RandomFeatures(eqx.Module):
         return self.readout(self.features(x))
 
 
+def check_preset_input(name: str, in_shape: tuple[int, ...]) -> None:
+    """ConfigError (naming ``model``) unless the preset ``name`` can take one example of
+    ``in_shape``: the image presets need (channels, height, width), zhang-inception at least
+    7×7 (``MIN_IMAGE_SIDE``)."""
+    from .errors import ConfigError
+
+    in_shape = tuple(in_shape)
+    if name in IMAGE_MODELS and len(in_shape) != 3:
+        raise ConfigError(f"model: {name!r} needs image data (channels, height, width); the "
+                          f"data's examples have shape {in_shape}")
+    side = MIN_IMAGE_SIDE.get(name)
+    if side and min(in_shape[1:]) < side:
+        raise ConfigError(f"model: {name!r} needs images of at least {side}×{side} pixels, got "
+                          f"{in_shape[1]}×{in_shape[2]}")
+
+
+def make_preset(name: str, in_shape: tuple[int, ...], out_size: int, *, key, width: int = 128,
+                depth: int = 1, activation: str = "relu", dtype=None, zero_init: bool = True):
+    """``(model, state)``: the preset ``name`` (one of ``MODELS``) for inputs of shape
+    ``in_shape`` (one example) and ``out_size`` outputs, from ``key``, its arrays in ``dtype``;
+    ``state`` is the ``eqx.nn.State`` of a BatchNorm preset (``STATEFUL_MODELS``, built with
+    ``eqx.nn.make_with_state``), None otherwise. The one builder behind ``train``, checkpoints
+    and the memory estimate.
+
+    Paper-scale presets (``sgdreg.zoo``, ReLU only; ``activation`` must be ``relu``):
+    ``resnet18`` = ``zoo.ResNet18(k=width)`` (Nakkiran et al. 2020, pre-activation, BatchNorm),
+    ``zhang-inception`` = ``zoo.ZhangInception`` (BatchNorm), ``zhang-alexnet`` =
+    ``zoo.ZhangAlexNet`` (the image's height×width), ``zhang-mlp`` =
+    ``zoo.ZhangMLP(depth, width)`` on the flattened input (Zhang et al. 2017: 1×512, 3×512);
+    each called with ``key`` and ``dtype`` exactly as written here, so a model built by hand
+    from the same key is the same model. Other names: ``make_model`` (state None)."""
+    from . import zoo
+
+    if name not in ZOO_MODELS:
+        return make_model(name, in_shape, out_size, key=key, width=width, depth=depth,
+                          activation=activation, dtype=dtype, zero_init=zero_init), None
+    from .errors import ConfigError
+
+    if activation != "relu":
+        raise ConfigError(f"activation: the {name!r} preset uses relu (as in its paper), got "
+                          f"{activation!r}")
+    check_preset_input(name, in_shape)
+    if name == "zhang-mlp":
+        return zoo.ZhangMLP(depth, width, out_size, math.prod(in_shape), key=key,
+                            dtype=dtype), None
+    c, h, w = in_shape
+    if name == "zhang-alexnet":
+        return zoo.ZhangAlexNet(out_size, c, (h, w), key=key, dtype=dtype), None
+    if name == "resnet18":
+        return eqx.nn.make_with_state(zoo.ResNet18)(out_size, width, c, key=key, dtype=dtype)
+    return eqx.nn.make_with_state(zoo.ZhangInception)(out_size, c, key=key, dtype=dtype)
+
+
 def make_model(name: str, in_shape: tuple[int, ...], out_size: int, *, key, width: int = 128,
                depth: int = 1, activation: str = "relu", dtype=None,
                zero_init: bool = True) -> eqx.Module:
@@ -144,7 +207,16 @@ def make_model(name: str, in_shape: tuple[int, ...], out_size: int, *, key, widt
     are convex in θ and there is no symmetry to break; from zero, GD/SGD on MSE stay in the row
     space of the features and converge to the minimum-norm solution Φ⁺Y (Zhang et al. 2017 §5;
     ``sgdreg.min_norm``). The seed then draws only the random features (and the data order).
-    ``mlp``/``cnn`` ignore ``zero_init`` (their hidden units need a random start)."""
+    ``mlp``/``cnn`` ignore ``zero_init`` (their hidden units need a random start).
+    The paper-scale presets (``ZOO_MODELS``) are built by ``make_preset``, which also returns
+    the BatchNorm state; here only the stateless ones (zhang-alexnet, zhang-mlp)."""
+    if name in ZOO_MODELS:
+        model, state = make_preset(name, in_shape, out_size, key=key, width=width, depth=depth,
+                                   activation=activation, dtype=dtype)
+        if state is not None:
+            raise ValueError(f"the {name} model holds BatchNorm state; build it with "
+                             "make_preset (which returns (model, state))")
+        return model
     d = math.prod(in_shape)
     if name == "mlp":
         return MLP(d, out_size, width, depth, activation, key=key, dtype=dtype)

@@ -343,8 +343,12 @@ class CurvatureProbe:
                  top_k=3, subset: int | None = None, slq: bool = False, slq_starts: int = 4,
                  sharpness_batches: int = 10, threshold: float | None = None,
                  batch_size: int | None = None, lambda_min_max_steps: int = LAMBDA_MIN_MAX_STEPS,
-                 lambda_min_tol: float = LAMBDA_MIN_TOL):
+                 lambda_min_tol: float = LAMBDA_MIN_TOL, lr_decay: float = 1.0,
+                 lr_decay_every: int = 0):
         self.every = every
+        # a step-size schedule h_t = h·lr_decay^⌊t/lr_decay_every⌋: ``threshold`` is that of h
+        # (step 0); at step t the recorded one is that of h_t (``threshold_at``)
+        self.lr_decay, self.lr_decay_every = lr_decay, lr_decay_every
         self.num_probes, self.kind = num_probes, kind
         self.lanczos_steps, self.top_k = lanczos_steps, top_k
         self.lambda_min_max_steps, self.lambda_min_tol = lambda_min_max_steps, lambda_min_tol
@@ -358,7 +362,15 @@ class CurvatureProbe:
                    lanczos_steps=cfg.lanczos_steps, top_k=cfg.top_k, subset=cfg.hessian_n,
                    slq=cfg.slq, threshold=eos_threshold(cfg.optimizer, cfg.lr, cfg.momentum),
                    lambda_min_max_steps=cfg.lambda_min_steps,
-                   batch_size=None if cfg.full_batch else cfg.batch_size)
+                   batch_size=None if cfg.full_batch else cfg.batch_size,
+                   lr_decay=cfg.lr_decay, lr_decay_every=cfg.lr_decay_every)
+
+    def threshold_at(self, step: int) -> float | None:
+        """The EoS threshold at ``step``: ∝ 1/h for every method, so under the step-size
+        schedule it is ``threshold``/lr_decay^⌊step/lr_decay_every⌋ (2/h_t for GD)."""
+        if self.threshold is None or not self.lr_decay_every:
+            return self.threshold
+        return self.threshold / self.lr_decay ** (step // self.lr_decay_every)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -374,6 +386,9 @@ class CurvatureProbe:
                                     "stderr from the Hutchinson probes; they sum to hessian_trace",
             "top_k": self.top_k, "slq": {"starts": self.slq_starts, "steps": self.lanczos_steps}
             if self.slq else None, "eos_threshold": self.threshold,
+            **({"eos_threshold_schedule": f"eos_threshold / {self.lr_decay:g}^floor(step / "
+                                          f"{self.lr_decay_every}) (the current h_t)"}
+               if self.lr_decay_every and self.lr_decay != 1 else {}),
             "batch_sharpness": {"batch_size": self.batch_size, "batches": self.sharpness_batches}
             if self.batch_size else None,
             "preconditioned_sharpness": ADAPTIVE_DEFINITION,
@@ -425,7 +440,7 @@ class CurvatureProbe:
             _COMPILED.add(signature)
         ctx.memory["top_vector"] = top_vector
         out = {k: (v.tolist() if getattr(v, "ndim", 0) else v.item()) for k, v in out.items()}
-        out["eos_threshold"] = self.threshold
+        out["eos_threshold"] = self.threshold_at(ctx.step)
         if pre is not None:
             out["preconditioned_eos_threshold"] = pre.threshold
         return out
@@ -496,13 +511,15 @@ def _preconditioned(loss, params, x, y, diag, key, w0, *, lanczos_steps, chunk):
             "preconditioned_sharpness_converged": top.converged[0]}, top.eigenvectors[0]
 
 
-def measure_curvature(model, cfg, dataset, *, seed: int = 0, **probe_options) -> dict[str, Any]:
-    """All curvature probes once, on a trained ``model`` (e.g. a loaded checkpoint), with the
-    Hessian definition and the ``layers`` that name ``layer_hessian_traces``; ``probe_options``
-    override ``CurvatureProbe.from_config(cfg)`` (e.g. ``lambda_min_max_steps``)."""
+def measure_curvature(model, cfg, dataset, *, seed: int = 0, state=None,
+                      **probe_options) -> dict[str, Any]:
+    """All curvature probes once, on a trained ``model`` (e.g. a loaded checkpoint; ``state``:
+    its BatchNorm state), with the Hessian definition and the ``layers`` that name
+    ``layer_hessian_traces``; ``probe_options`` override ``CurvatureProbe.from_config(cfg)``
+    (e.g. ``lambda_min_max_steps``)."""
     from .training import build
 
-    s = build(cfg, dataset, model)
+    s = build(cfg, dataset, model, state)
     probe = CurvatureProbe.from_config(cfg.replace(hessian_every=1))
     for k, v in probe_options.items():
         setattr(probe, k, v)

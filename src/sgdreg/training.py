@@ -31,11 +31,11 @@ import optax
 from . import dynamics as dyn
 from .batching import HostArray, check_budget
 from .config import FULL_BATCH, RunConfig, validate
-from .data import Dataset
+from .data import CenterCrop, Dataset
 from .engine import Problem, Run, execute, init_state
 from .errors import ConfigError, ModelError, OptimizerError, PrecisionError
 from .losses import LossFn, Objective, check_objective, is_stateful, is_stochastic, loss_name
-from .models import layer_names, make_model, num_params, trainable_filter
+from .models import ZOO_MODELS, layer_names, make_preset, num_params, trainable_filter
 from .probes import CurvatureProbe, Probe
 from .trace import device_info, last_value, versions
 
@@ -43,19 +43,60 @@ Optimizer = str | dyn.AbstractDynamics | optax.GradientTransformation
 MINIBATCH_DEFAULT = 32
 
 
-def load_data(cfg: RunConfig) -> Dataset:
-    """The run's dataset: source, preprocessing, subset and randomization from ``cfg``; inputs
-    (and regression targets) in the run's ``cfg.dtype``, so a float64 run never reads
-    float32-rounded data (preprocessing is float64 throughout, see ``data.preprocess``)."""
+def load_data(cfg: RunConfig, device_budget: int | None = None) -> Dataset:
+    """The run's dataset: source, preprocessing, subset, centre crop and randomization from
+    ``cfg``; inputs (and regression targets) in the run's ``cfg.dtype``, so a float64 run never
+    reads float32-rounded data (preprocessing is float64 throughout, see ``data.preprocess``).
+    The crop comes before the randomization (Zhang et al. 2017 randomize the cropped images)
+    and after the per-feature standardization, which it commutes with.
+
+    ``device_budget`` (bytes; default ``cfg.device_budget``): ``Dataset.device_budget``;
+    MNIST/CIFAR-10 then stay in their files (``open_dataset``: memory-mapped, streamed), checked
+    against one chunk of ``cfg.eval_chunk`` rows (ConfigError). An input randomization reads
+    such data into RAM."""
     from .datasets import open_dataset
-    from .randomization import randomize
+    from .randomization import INPUT_KINDS, randomize
+
+    if device_budget is None:
+        device_budget = cfg.device_budget
 
     ds = open_dataset(cfg.dataset, data_dir=cfg.data_dir, preprocess=cfg.preprocess,
                       n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed,
-                      dtype=np.dtype(cfg.dtype))
+                      dtype=np.dtype(cfg.dtype), device_budget=device_budget)
+    if cfg.crop is not None:
+        ds = center_crop(ds, cfg.crop)
+    if cfg.randomization in INPUT_KINDS and isinstance(ds.x_train, HostArray):
+        ds = ds.replace(x_train=ds.x_train[:], x_test=ds.x_test[:])
     if cfg.randomization != "none":
         ds = randomize(ds, cfg.randomization, p=cfg.corruption, seed=cfg.seed)
+    if device_budget is not None:  # one chunk of the rows the run sees (cropped)
+        streamed(ds, cfg.dtype, cfg.eval_chunk)  # a budget below one chunk: ConfigError
     return ds
+
+
+def center_crop(ds: Dataset, size: int) -> Dataset:
+    """The central ``size``×``size`` pixels of every image (train and test): rows and columns
+    from ⌊(H − size)/2⌋ and ⌊(W − size)/2⌋ (TensorFlow's ``central_crop`` offsets; Zhang et al.
+    2017 crop CIFAR-10's 32×32 to 28×28). NumPy views, no copy; host-streamed data
+    (``batching.HostArray``) are cropped chunk by chunk as they are read (``data.CenterCrop``).
+    ConfigError (naming ``crop``) for non-image data or a crop larger than the image."""
+    shape = ds.input_shape
+    if len(shape) != 3:
+        raise ConfigError(f"crop: {ds.name} is not image data (channels, height, width); its "
+                          f"examples have shape {shape}")
+    _, h, w = shape
+    if not (isinstance(size, (int, np.integer)) and not isinstance(size, bool)
+            and 1 <= size <= min(h, w)):
+        raise ConfigError(f"crop must be an integer in 1..{min(h, w)} for the {h}×{w} images of "
+                          f"{ds.name}, got {size!r}")
+    top, left = (h - size) // 2, (w - size) // 2
+    rows, cols = slice(top, top + size), slice(left, left + size)
+
+    def crop(x):  # host data (memory-mapped files): cropped chunk by chunk as they are read
+        return x.map(CenterCrop(size, h, w)) if isinstance(x, HostArray) else x[:, :, rows, cols]
+
+    return ds.replace(x_train=crop(ds.x_train), x_test=crop(ds.x_test),
+                      meta={**ds.meta, "crop": [int(size), int(size)]})
 
 
 def require_dtype(dtype) -> Any:
@@ -107,9 +148,9 @@ def device_data(ds: Dataset, dtype, chunk: int = 4096) -> dyn.Data:
     ytype = jnp.int32 if ds.num_classes else dtype
     arrays = (ds.x_train, ds.y_train, ds.x_test, ds.y_test)
     if streamed(ds, dtype, chunk):
-        return dyn.Data(*(HostArray(np.asarray(a), t)
+        return dyn.Data(*(HostArray(a if isinstance(a, HostArray) else np.asarray(a), t)
                           for a, t in zip(arrays, (dtype, ytype, dtype, ytype), strict=True)))
-    return dyn.Data(*(jnp.asarray(a, t)
+    return dyn.Data(*(jnp.asarray(a[:] if isinstance(a, HostArray) else a, t)
                       for a, t in zip(arrays, (dtype, ytype, dtype, ytype), strict=True)))
 
 
@@ -141,6 +182,9 @@ def structure_hash(model) -> str:
 def data_hash(ds: Dataset) -> str:
     h = hashlib.sha256()
     for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
+        if isinstance(a, HostArray):  # host data: its raw bytes and transform (cached)
+            h.update(a.digest().encode())
+            continue
         a = np.ascontiguousarray(a)
         h.update(str((a.shape, a.dtype)).encode())
         h.update(a.tobytes())
@@ -170,10 +214,14 @@ class Setup:
 def prepare(model: eqx.Module, dataset: Dataset, dynamics: dyn.AbstractDynamics,
             loss: str | LossFn, *, lr: float, momentum: float = 0.9, egr: float = 0.0,
             seed: int = 0, state=None, trainable=None, eval_chunk: int = 4096,
-            preset: str | None = None, label_noise: float = 0.0) -> Setup:
+            preset: str | None = None, label_noise: float = 0.0,
+            ghost_batch: int | None = None) -> Setup:
     """Partition the model, build the objective and check it on one example (no compute).
     ``label_noise``: δ of label-noise SGD (``Hyper.label_noise``; used by dynamics built with
-    ``label_noise=True``)."""
+    ``label_noise=True``). ``ghost_batch``: G, a BatchNorm/dropout model's training-mode
+    batches of more than G rows are evaluated in ghost batches of G rows (default: none in
+    memory; ``eval_chunk`` rows when full-batch training streams from the host;
+    docs/science.md#batchnorm-and-dropout)."""
     if not isinstance(model, eqx.Module):
         raise ModelError(f"model: expected an equinox.Module, got {type(model).__name__}")
     stateful = is_stateful(model)
@@ -189,10 +237,8 @@ def prepare(model: eqx.Module, dataset: Dataset, dynamics: dyn.AbstractDynamics,
     obj = Objective(frozen, loss, dataset.num_classes, state, stateful, is_stochastic(model))
     data = device_data(dataset, dtype, eval_chunk)
     on_host = isinstance(data.x_train, HostArray)
-    if on_host and dynamics.batch_size is None and (obj.stateful or obj.stochastic):
-        raise ConfigError("device_budget: full-batch training of a model with BatchNorm or "
-                          "dropout cannot stream (its batch statistics need every example at "
-                          "once); use minibatches (batch_size) or a larger budget")
+    dynamics.check_model(obj.stateful, obj.stochastic)
+    ghost_batch = _ghost_batch(ghost_batch, obj, dynamics, on_host, eval_chunk)
     check_objective(obj, params0, data.x_train[0], data.y_train[0], dataset.out_size)
     if dynamics.batch_size is not None and dynamics.batch_size > dataset.n_train:
         raise ConfigError(f"batch_size {dynamics.batch_size} exceeds the {dataset.n_train} "
@@ -205,34 +251,66 @@ def prepare(model: eqx.Module, dataset: Dataset, dynamics: dyn.AbstractDynamics,
                   "structure_hash": structure_hash(model), "stateful": stateful,
                   "stochastic": obj.stochastic, "dtype": str(jnp.dtype(dtype))},
         "data": {**dataset.describe(), "hash": data_hash(dataset),
-                 "placement": "host (streamed)" if on_host else "device"},
+                 "placement": "host (streamed)" if on_host else "device",
+                 "chunk": min(eval_chunk, dataset.n_train), "ghost_batch": ghost_batch},
         "loss": loss_name(loss),
         "dynamics": dynamics.describe(),
     }
-    return Setup(dataset, data, model, params0, Problem(obj, dynamics, eval_chunk), hyper,
+    return Setup(dataset, data, model, params0, Problem(obj, dynamics, eval_chunk, ghost_batch),
+                 hyper,
                  state, {"data": k_data, "probe": k_probe, "model": k_model}, prov)
+
+
+def _ghost_batch(ghost_batch, obj: Objective, dynamics, on_host: bool, chunk: int):
+    """The ghost batch size of a run (``prepare``): the one given (checked), else ``chunk``
+    when a BatchNorm/dropout model trains full-batch on streamed data, else None."""
+    trains = obj.stateful or obj.stochastic
+    given = ghost_batch is not None
+    if not given:
+        ghost_batch = chunk if on_host and trains and dynamics.batch_size is None and not \
+            dynamics.is_flow else None
+    elif isinstance(ghost_batch, bool) or not isinstance(ghost_batch, (int, np.integer)) \
+            or ghost_batch < 1:
+        raise ConfigError(f"ghost_batch must be a positive integer (rows), got {ghost_batch!r}")
+    elif not trains:
+        raise ConfigError("ghost_batch: the model has neither BatchNorm nor dropout, so its "
+                          "training loss does not depend on ghost batches; leave it unset")
+    if ghost_batch is not None and getattr(dynamics, "egr", False):
+        what = "ghost_batch" if given else "device_budget"
+        raise ConfigError(f"{what}: EGR of a BatchNorm/dropout model in ghost batches (streamed "
+                          "full-batch training) is not implemented; use egr=0, minibatches or "
+                          "a larger budget")
+    return None if ghost_batch is None else int(ghost_batch)
 
 
 def build(cfg: RunConfig, dataset: Dataset | None = None, model: eqx.Module | None = None,
           state=None) -> Setup:
-    """A ``RunConfig``'s setup: validated, data loaded, θ0 from ``cfg.seed`` (or ``model``)."""
+    """A ``RunConfig``'s setup: validated, data loaded, θ0 from ``cfg.seed`` (or ``model`` and
+    its ``state``): the preset ``cfg.model`` from ``models.make_preset`` with the key
+    ``split(key(cfg.seed), 3)[0]``, a BatchNorm preset with its ``eqx.nn.State``; the discrete
+    methods with ``cfg.lr_decay``/``cfg.lr_decay_every`` get the staircase step-size schedule."""
     given = dict(dataset_given=dataset is not None, model_given=model is not None)
     validate(cfg, **given)
     dtype = dtype_of(cfg)
     ds = dataset if dataset is not None else load_data(cfg)
-    validate(cfg, ds.n_train, **given)
+    validate(cfg, ds.n_train, input_shape=ds.input_shape, **given)
     k_init = jax.random.split(jax.random.key(cfg.seed), 3)[0]
     preset = None
     if model is None:
-        # one compiled program instead of one per eager initializer op (warm runs: ~0.5 s)
-        model = eqx.filter_jit(make_model)(
+        # the small presets: one compiled program instead of one per eager initializer op
+        # (warm runs: ~0.5 s); the paper-scale ones eagerly, as built by hand (compiling their
+        # initializers takes longer than running them); a BatchNorm preset comes with its state
+        init = make_preset if cfg.model in ZOO_MODELS else eqx.filter_jit(make_preset)
+        model, state = init(
             cfg.model, ds.input_shape, ds.out_size, key=k_init, width=cfg.width,
             depth=cfg.depth, activation=cfg.activation, dtype=dtype)
         preset = cfg.model
+    schedule = {"lr_decay": cfg.lr_decay, "lr_decay_every": cfg.lr_decay_every} \
+        if cfg.lr_schedule else {}
     dynamics = dyn.resolve(cfg.optimizer, batch_size=None if cfg.full_batch else cfg.batch_size,
                            egr=cfg.egr > 0, rtol=cfg.rtol, atol=cfg.atol,
                            label_noise=cfg.label_noise > 0, eigs=cfg.central_flow_eigs,
-                           amplification=cfg.svag_amplification)
+                           amplification=cfg.svag_amplification, **schedule)
     s = prepare(model, ds, dynamics, cfg.loss, lr=cfg.lr, momentum=cfg.momentum, egr=cfg.egr,
                 seed=cfg.seed, state=state, eval_chunk=cfg.eval_chunk, preset=preset,
                 label_noise=cfg.label_noise)
@@ -351,7 +429,8 @@ def run(model: eqx.Module, data: Dataset | Sequence | dict, optimizer: Optimizer
         state=None, probes: Sequence[Probe] = (), curvature: int = 0,
         stop_loss: float | None = None, trace_path=None, trainable=None, eval_chunk: int = 4096,
         progress: Callable[[int, int, dict], None] | None = None,
-        name: str | None = None, label_noise: float = 0.0, loggers=None) -> RunResult:
+        name: str | None = None, label_noise: float = 0.0, loggers=None,
+        ghost_batch: int | None = None) -> RunResult:
     """Train ``model`` on ``data`` with ``optimizer`` from the model's own arrays (θ0).
 
     Args:
@@ -378,6 +457,10 @@ def run(model: eqx.Module, data: Dataset | Sequence | dict, optimizer: Optimizer
             (file store), written beside the trace (names need ``trace_path``), or
             ``sgdreg.loggers.Logger`` objects; see ``sgdreg.loggers``. The trace stays the
             source of truth; a logger that fails mid-run is disabled and recorded there.
+        ghost_batch: G rows: a BatchNorm/dropout model's training-mode batches of more than G
+            rows are evaluated in ghost batches of G (each its own batch statistics and dropout
+            key; docs/science.md#batchnorm-and-dropout). Streamed full-batch training uses
+            G = ``eval_chunk`` unless given; in memory the default is one forward per batch.
 
     Returns:
         ``RunResult`` with ``.trace`` (the JSON trace), ``.model`` (final) and ``.state``.
@@ -402,12 +485,14 @@ def run(model: eqx.Module, data: Dataset | Sequence | dict, optimizer: Optimizer
                                  f"{dynamics.name!r}")
         dynamics = dataclasses.replace(dynamics, label_noise=True)  # a user transform
     s = prepare(model, ds, dynamics, loss, lr=lr, momentum=momentum, egr=egr, seed=seed,
-                state=state, trainable=trainable, eval_chunk=eval_chunk, label_noise=label_noise)
+                state=state, trainable=trainable, eval_chunk=eval_chunk, label_noise=label_noise,
+                ghost_batch=ghost_batch)
     if curvature:
         _check_counts(curvature=curvature)
         probes = [*probes, CurvatureProbe(
             curvature, threshold=dynamics.eos_threshold(lr, momentum),
-            batch_size=dynamics.batch_size)]
+            batch_size=dynamics.batch_size, lr_decay=getattr(dynamics, "lr_decay", 1.0),
+            lr_decay_every=getattr(dynamics, "lr_decay_every", 0))]
     rid = name or _default_name(dynamics, {"lr": lr, "seed": seed, "label_noise": label_noise})
     lr_record = None if np.isnan(lr) else lr
     run_cfg = {"optimizer": dynamics.name, "lr": lr_record, "steps": steps, "log_every": log_every,

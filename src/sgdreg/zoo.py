@@ -14,6 +14,10 @@ The stateless models (:class:`ZhangAlexNet`, :class:`ZhangMLP`) are called as
   CIFAR-10 models of Zhang et al. (2017), "Understanding deep learning requires
   rethinking generalization", appendix A, for 28x28x3 centre-cropped inputs.
 
+Every constructor takes ``dtype`` (None: JAX's default floating type), passed to each layer, so
+the initial weights are drawn in that precision. ``models.make_preset`` builds them by the
+``RunConfig`` names ``resnet18``, ``zhang-inception``, ``zhang-alexnet`` and ``zhang-mlp``.
+
 :func:`count_params` counts trainable parameters (BatchNorm running statistics live in
 ``eqx.nn.State`` and are not counted).
 """
@@ -62,11 +66,12 @@ def count_params(model) -> int:
     return int(sum(math.prod(x.shape) for x in leaves if counts(x)))
 
 
-def _bn(channels: int, *, affine: bool = True) -> eqx.nn.BatchNorm:
+def _bn(channels: int, *, affine: bool = True, dtype=None) -> eqx.nn.BatchNorm:
     # mode="batch": train-mode normalisation uses the batch statistics (standard BN);
     # momentum 0.9 here == PyTorch's momentum=0.1.
     return eqx.nn.BatchNorm(
-        channels, axis_name="batch", channelwise_affine=affine, momentum=0.9, mode="batch"
+        channels, axis_name="batch", channelwise_affine=affine, momentum=0.9, mode="batch",
+        dtype=dtype,
     )
 
 
@@ -77,8 +82,9 @@ def _norm(bn: eqx.nn.BatchNorm, x, state):
     return out.astype(x.dtype), state
 
 
-def _conv(cin, cout, k, stride=1, padding=0, *, bias=False, key):
-    return eqx.nn.Conv2d(cin, cout, k, stride=stride, padding=padding, use_bias=bias, key=key)
+def _conv(cin, cout, k, stride=1, padding=0, *, bias=False, key, dtype=None):
+    return eqx.nn.Conv2d(cin, cout, k, stride=stride, padding=padding, use_bias=bias, key=key,
+                         dtype=dtype)
 
 
 # --------------------------------------------------------------------------- ResNet-18
@@ -94,13 +100,14 @@ class _PreActBlock(eqx.Module):
     conv2: eqx.nn.Conv2d
     shortcut: eqx.nn.Conv2d | None
 
-    def __init__(self, cin, cout, stride, *, key):
+    def __init__(self, cin, cout, stride, *, key, dtype=None):
         k1, k2, k3 = jax.random.split(key, 3)
-        self.bn1 = _bn(cin)
-        self.conv1 = _conv(cin, cout, 3, stride, 1, key=k1)
-        self.bn2 = _bn(cout)
-        self.conv2 = _conv(cout, cout, 3, 1, 1, key=k2)
-        self.shortcut = _conv(cin, cout, 1, stride, key=k3) if stride != 1 or cin != cout else None
+        self.bn1 = _bn(cin, dtype=dtype)
+        self.conv1 = _conv(cin, cout, 3, stride, 1, key=k1, dtype=dtype)
+        self.bn2 = _bn(cout, dtype=dtype)
+        self.conv2 = _conv(cout, cout, 3, 1, 1, key=k2, dtype=dtype)
+        self.shortcut = (_conv(cin, cout, 1, stride, key=k3, dtype=dtype)
+                         if stride != 1 or cin != cout else None)
 
     def __call__(self, x, state):
         out, state = _norm(self.bn1, x, state)
@@ -123,15 +130,15 @@ class _BasicBlock(eqx.Module):
     shortcut: eqx.nn.Conv2d | None
     shortcut_bn: eqx.nn.BatchNorm | None
 
-    def __init__(self, cin, cout, stride, *, key):
+    def __init__(self, cin, cout, stride, *, key, dtype=None):
         k1, k2, k3 = jax.random.split(key, 3)
-        self.conv1 = _conv(cin, cout, 3, stride, 1, key=k1)
-        self.bn1 = _bn(cout)
-        self.conv2 = _conv(cout, cout, 3, 1, 1, key=k2)
-        self.bn2 = _bn(cout)
+        self.conv1 = _conv(cin, cout, 3, stride, 1, key=k1, dtype=dtype)
+        self.bn1 = _bn(cout, dtype=dtype)
+        self.conv2 = _conv(cout, cout, 3, 1, 1, key=k2, dtype=dtype)
+        self.bn2 = _bn(cout, dtype=dtype)
         if stride != 1 or cin != cout:
-            self.shortcut = _conv(cin, cout, 1, stride, key=k3)
-            self.shortcut_bn = _bn(cout)
+            self.shortcut = _conv(cin, cout, 1, stride, key=k3, dtype=dtype)
+            self.shortcut_bn = _bn(cout, dtype=dtype)
         else:
             self.shortcut = None
             self.shortcut_bn = None
@@ -166,20 +173,20 @@ class ResNet18(eqx.Module):
     preact: bool = eqx.field(static=True)
 
     def __init__(self, num_classes: int = 10, k: int = 64, in_channels: int = 3,
-                 preact: bool = True, *, key):
+                 preact: bool = True, *, key, dtype=None):
         keys = jax.random.split(key, 10)
         self.preact = preact
-        self.stem = _conv(in_channels, k, 3, 1, 1, key=keys[0])
-        self.stem_bn = None if preact else _bn(k)
+        self.stem = _conv(in_channels, k, 3, 1, 1, key=keys[0], dtype=dtype)
+        self.stem_bn = None if preact else _bn(k, dtype=dtype)
         block = _PreActBlock if preact else _BasicBlock
         blocks = []
         cin, i = k, 1
         for width, stride in zip((k, 2 * k, 4 * k, 8 * k), (1, 2, 2, 2)):
             for s in (stride, 1):
-                blocks.append(block(cin, width, s, key=keys[i]))
+                blocks.append(block(cin, width, s, key=keys[i], dtype=dtype))
                 cin, i = width, i + 1
         self.blocks = tuple(blocks)
-        self.linear = eqx.nn.Linear(cin, num_classes, key=keys[9])
+        self.linear = eqx.nn.Linear(cin, num_classes, key=keys[9], dtype=dtype)
 
     def __call__(self, x, state, *, key=None):
         out = self.stem(x)
@@ -206,10 +213,10 @@ class _ConvModule(eqx.Module):
     bn: eqx.nn.BatchNorm
     beta: jax.Array
 
-    def __init__(self, cin, cout, k, stride=1, padding="SAME", *, key):
-        self.conv = _conv(cin, cout, k, stride, padding, key=key)
-        self.bn = _bn(cout, affine=False)
-        self.beta = jnp.zeros((cout, 1, 1))
+    def __init__(self, cin, cout, k, stride=1, padding="SAME", *, key, dtype=None):
+        self.conv = _conv(cin, cout, k, stride, padding, key=key, dtype=dtype)
+        self.bn = _bn(cout, affine=False, dtype=dtype)
+        self.beta = jnp.zeros((cout, 1, 1), dtype)
 
     def __call__(self, x, state):
         out, state = _norm(self.bn, self.conv(x), state)
@@ -222,10 +229,10 @@ class _InceptionModule(eqx.Module):
     b1: _ConvModule
     b3: _ConvModule
 
-    def __init__(self, cin, c1, c3, *, key):
+    def __init__(self, cin, c1, c3, *, key, dtype=None):
         k1, k3 = jax.random.split(key)
-        self.b1 = _ConvModule(cin, c1, 1, key=k1)
-        self.b3 = _ConvModule(cin, c3, 3, key=k3)
+        self.b1 = _ConvModule(cin, c1, 1, key=k1, dtype=dtype)
+        self.b3 = _ConvModule(cin, c3, 3, key=k3, dtype=dtype)
 
     def __call__(self, x, state):
         a, state = self.b1(x, state)
@@ -239,8 +246,8 @@ class _DownsampleModule(eqx.Module):
     conv: _ConvModule
     pool: eqx.nn.MaxPool2d
 
-    def __init__(self, cin, c, *, key):
-        self.conv = _ConvModule(cin, c, 3, 2, "VALID", key=key)
+    def __init__(self, cin, c, *, key, dtype=None):
+        self.conv = _ConvModule(cin, c, 3, 2, "VALID", key=key, dtype=dtype)
         self.pool = eqx.nn.MaxPool2d(3, 2)
 
     def __call__(self, x, state):
@@ -268,19 +275,19 @@ class ZhangInception(eqx.Module):
     layers: tuple
     linear: eqx.nn.Linear
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, *, key):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, *, key, dtype=None):
         keys = jax.random.split(key, len(_INCEPTION_SPEC) + 2)
-        self.stem = _ConvModule(in_channels, 96, 3, key=keys[0])
+        self.stem = _ConvModule(in_channels, 96, 3, key=keys[0], dtype=dtype)
         c, layers = 96, []
         for spec, kk in zip(_INCEPTION_SPEC, keys[1:]):
             if spec[0] == "inc":
-                layers.append(_InceptionModule(c, spec[1], spec[2], key=kk))
+                layers.append(_InceptionModule(c, spec[1], spec[2], key=kk, dtype=dtype))
                 c = spec[1] + spec[2]
             else:
-                layers.append(_DownsampleModule(c, spec[1], key=kk))
+                layers.append(_DownsampleModule(c, spec[1], key=kk, dtype=dtype))
                 c = c + spec[1]
         self.layers = tuple(layers)
-        self.linear = eqx.nn.Linear(c, num_classes, key=keys[-1])
+        self.linear = eqx.nn.Linear(c, num_classes, key=keys[-1], dtype=dtype)
 
     def __call__(self, x, state, *, key=None):
         out, state = self.stem(x, state)
@@ -311,15 +318,16 @@ class ZhangAlexNet(eqx.Module):
     fc2: eqx.nn.Linear
     fc3: eqx.nn.Linear
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 28,
-                 *, key):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3,
+                 image_size: int | tuple[int, int] = 28, *, key, dtype=None):
         k1, k2, k3, k4, k5 = jax.random.split(key, 5)
-        self.conv1 = _conv(in_channels, 64, 5, 1, "SAME", bias=True, key=k1)
-        self.conv2 = _conv(64, 64, 5, 1, "SAME", bias=True, key=k2)
-        side = math.ceil(math.ceil(image_size / 2) / 2)
-        self.fc1 = eqx.nn.Linear(64 * side * side, 384, key=k3)
-        self.fc2 = eqx.nn.Linear(384, 192, key=k4)
-        self.fc3 = eqx.nn.Linear(192, num_classes, key=k5)
+        self.conv1 = _conv(in_channels, 64, 5, 1, "SAME", bias=True, key=k1, dtype=dtype)
+        self.conv2 = _conv(64, 64, 5, 1, "SAME", bias=True, key=k2, dtype=dtype)
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        side = math.ceil(math.ceil(h / 2) / 2) * math.ceil(math.ceil(w / 2) / 2)
+        self.fc1 = eqx.nn.Linear(64 * side, 384, key=k3, dtype=dtype)
+        self.fc2 = eqx.nn.Linear(384, 192, key=k4, dtype=dtype)
+        self.fc3 = eqx.nn.Linear(192, num_classes, key=k5, dtype=dtype)
 
     @staticmethod
     def _same_pool(x):
@@ -348,11 +356,12 @@ class ZhangMLP(eqx.Module):
     layers: tuple
 
     def __init__(self, depth: int = 1, width: int = 512, num_classes: int = 10,
-                 in_features: int = 28 * 28 * 3, *, key):
+                 in_features: int = 28 * 28 * 3, *, key, dtype=None):
         keys = jax.random.split(key, depth + 1)
         sizes = [in_features] + [width] * depth + [num_classes]
         self.layers = tuple(
-            eqx.nn.Linear(a, b, key=kk) for a, b, kk in zip(sizes[:-1], sizes[1:], keys)
+            eqx.nn.Linear(a, b, key=kk, dtype=dtype)
+            for a, b, kk in zip(sizes[:-1], sizes[1:], keys)
         )
 
     def __call__(self, x, *, key=None):

@@ -42,19 +42,27 @@ __all__ = ["AbstractDynamics", "Data", "Hyper", "TrainState", "Optax", "Gradient
 
 @functools.cache
 def named(name: str, *, batch_size: int | None = None, egr: bool = False,
-          label_noise: bool = False, eigs: int = 3, amplification: int = 8) -> AbstractDynamics:
+          label_noise: bool = False, eigs: int = 3, amplification: int = 8,
+          lr_decay: float = 1.0, lr_decay_every: int = 0) -> AbstractDynamics:
     """The preset dynamics ``name`` (one of ``NAMED``), hyper-parameters traced from ``Hyper``.
     gd and the flows are full batch; sgd/momentum/nesterov/adam use ``batch_size`` (None: full
     batch), as do the SDE of SGD and SVAG (the batch size B they model). ``label_noise``: the
     discrete methods draw noisy targets each step (strength ``Hyper.label_noise``); ``eigs``:
-    eigenvalues the central flow tracks; ``amplification``: SVAG's ℓ. Cached: equal arguments
-    give the same object, so runs share one compilation.
+    eigenvalues the central flow tracks; ``amplification``: SVAG's ℓ. ``lr_decay``/
+    ``lr_decay_every`` (discrete methods): the staircase schedule h_t = h·lr_decay^⌊t/every⌋
+    (``Optax.lr_at``; 0 = constant h). Cached: equal arguments give the same object, so runs
+    share one compilation.
 
     Example: ``sgdreg.run(model, data, sgdreg.named("sgd", batch_size=64), lr=0.05)``."""
     ln = {"label_noise": True} if label_noise else {}
     if label_noise and name not in NAMED_DISCRETE:
         raise OptimizerError(f"label_noise: only the discrete methods ({', '.join(NAMED_DISCRETE)}) "
                              f"draw noisy labels, not {name!r}")
+    if lr_decay_every and lr_decay != 1:
+        if name not in NAMED_DISCRETE:
+            raise OptimizerError(f"lr_decay: the step-size schedule is for the discrete methods "
+                                 f"({', '.join(NAMED_DISCRETE)}), not {name!r}")
+        ln |= {"lr_decay": float(lr_decay), "lr_decay_every": int(lr_decay_every)}
     if name == "gd":
         return Optax(optax.inject_hyperparams(optax.sgd)(learning_rate=1.0), "gd", None, egr,
                      (("learning_rate", "lr"),), preset="gd", **ln)
@@ -88,13 +96,17 @@ def resolve(optimizer: str | AbstractDynamics | optax.GradientTransformation, *,
             batch_size: int | None = None, egr: bool = False, lr: float | None = None,
             rtol: float = 1e-5, atol: float = 1e-7, **options) -> AbstractDynamics:
     """A dynamics from a name, an ``AbstractDynamics`` or an optax transformation; ``options``
-    (``label_noise``, ``eigs``, ``amplification``) go to ``named``."""
+    (``label_noise``, ``eigs``, ``amplification``, ``lr_decay``, ``lr_decay_every``) go to
+    ``named``."""
     if isinstance(optimizer, AbstractDynamics):
         return optimizer
     if isinstance(optimizer, optax.GradientTransformation):
         return from_transform(optimizer, batch_size=batch_size, lr=lr)
     if isinstance(optimizer, str):
         if optimizer in ("flow", "modified-flow"):
+            if options.get("lr_decay_every") and options.get("lr_decay", 1.0) != 1:
+                raise OptimizerError(f"lr_decay: the step-size schedule is for the discrete "
+                                     f"methods ({', '.join(NAMED_DISCRETE)}), not {optimizer!r}")
             cls = GradientFlow if optimizer == "flow" else ModifiedFlow
             return cls(rtol=rtol, atol=atol)
         return named(optimizer, batch_size=batch_size, egr=egr, **options)

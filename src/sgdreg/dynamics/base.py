@@ -94,5 +94,9 @@ class AbstractDynamics(eqx.Module):
     def eos_threshold(self, lr: float, momentum: float) -> float | None:
         return None
 
+    def check_model(self, stateful: bool, stochastic: bool) -> None:
+        """Raise (``ModelError``) if this dynamics is undefined for a model with BatchNorm
+        (``stateful``) or dropout (``stochastic``); called by ``prepare`` before compiling."""
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "batch_size": self.batch_size}

@@ -45,7 +45,8 @@ class Optax(AbstractDynamics):
     step (``label_noise_targets``, δ = ``Hyper.label_noise``: label-noise SGD). ``traced`` maps
     optax hyper-parameter names (of ``inject_hyperparams``) to the ``Hyper`` field that sets
     them every step; ``lr``: h for the IGR terms when the transform does not expose its
-    learning rate.
+    learning rate. ``lr_decay``/``lr_decay_every``: the staircase schedule of a traced step size
+    (``lr_at``: h_t = h·lr_decay^⌊t/lr_decay_every⌋; 0 = constant, the default).
 
     Example: ``sgdreg.Optax(optax.adamw(1e-3), "adamw", batch_size=64)`` (``run`` builds this
     from a bare transform and its ``batch_size``)."""
@@ -58,6 +59,8 @@ class Optax(AbstractDynamics):
     lr: float | None = eqx.field(static=True, default=None)
     preset: str | None = eqx.field(static=True, default=None)
     label_noise: bool = eqx.field(static=True, default=False)
+    lr_decay: float = eqx.field(static=True, default=1.0)
+    lr_decay_every: int = eqx.field(static=True, default=0)
 
     def __check_init__(self):
         if not isinstance(self.transform, optax.GradientTransformation):
@@ -67,16 +70,43 @@ class Optax(AbstractDynamics):
         if self.batch_size is not None and self.batch_size < 1:
             raise OptimizerError(f"batch_size must be ≥ 1 or None (full batch), got "
                                  f"{self.batch_size}")
+        if not (0 < self.lr_decay <= 1 and self.lr_decay_every >= 0):
+            raise OptimizerError(f"lr_decay must be in (0, 1] and lr_decay_every ≥ 0, got "
+                                 f"{self.lr_decay} and {self.lr_decay_every}")
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the step size decays (``lr_at``)."""
+        return bool(self.lr_decay_every) and self.lr_decay != 1
+
+    def lr_at(self, h, step):
+        """The step size of update ``step`` (t = 0, 1, …): h_t = h·lr_decay^⌊t/lr_decay_every⌋,
+        the staircase exponential schedule (Zhang et al. 2017: ×0.95 per epoch; optax's
+        ``exponential_decay(h, every, lr_decay, staircase=True)``); h when not ``scheduled``.
+
+        Under a schedule every h-dependent number at a logged step t uses the current h_t, the
+        step size of the update that leaves θ_t: the IGR terms (h_t/4)‖∇L‖² and the modified
+        losses, and the edge-of-stability thresholds 2/h_t, 2(1+β)/h_t, … (the curvature probe
+        rescales them, ``CurvatureProbe.lr_decay``), Adam's preconditioned one too. The trace's
+        ``t`` column stays step·h (the initial h): t aligns discrete runs with flows, which
+        have no schedule."""
+        if not self.scheduled:
+            return h
+        k = jnp.asarray(step) // self.lr_decay_every
+        return h * jnp.asarray(self.lr_decay, h.dtype) ** k.astype(h.dtype)
 
     def init(self, params, hyper: Hyper):
-        return self._set_hyper(self.transform.init(params), hyper)
+        return self._set_hyper(self.transform.init(params), hyper, 0)
 
-    def _set_hyper(self, opt_state, hyper: Hyper):
+    def _set_hyper(self, opt_state, hyper: Hyper, step=0):
+        """The traced hyper-parameters of update ``step`` into the optax state (step size h_t
+        of ``lr_at``)."""
         if not self.traced:
             return opt_state
         hp = dict(opt_state.hyperparams)
         for name, field in self.traced:
-            hp[name] = getattr(hyper, field)
+            v = getattr(hyper, field)
+            hp[name] = self.lr_at(v, step) if field == "lr" else v
         return opt_state._replace(hyperparams=hp)
 
     def step_size(self, state: TrainState) -> jax.Array:
@@ -94,11 +124,15 @@ class Optax(AbstractDynamics):
         return eos_threshold(self.preset or "", lr, momentum)
 
     def describe(self) -> dict[str, Any]:
+        sched = {"lr_schedule": {"kind": "staircase exponential", "lr_decay": self.lr_decay,
+                                 "lr_decay_every": self.lr_decay_every,
+                                 "formula": "h_t = h * lr_decay ** floor(t / lr_decay_every)"}
+                 } if self.scheduled else {}
         return {"name": self.name, "kind": "optax", "preset": self.preset,
                 "batch_size": self.batch_size, "egr": self.egr,
                 "label_noise": self.label_noise,
                 "traced_hyperparameters": [n for n, _ in self.traced],
-                "transform": self.preset or _describe_transform(self.transform)}
+                "transform": self.preset or _describe_transform(self.transform), **sched}
 
     def _batch(self, state: TrainState, data: Data, step):
         """(x, y, perm) of this step: the whole training set, or minibatch k of the epoch."""
@@ -134,9 +168,11 @@ class Optax(AbstractDynamics):
                if problem.objective.stochastic else None)  # dropout keys only when used
         loss, g, model_state = problem.training_gradient(state.params, state.model_state, x, y,
                                                          key, state.hyper.egr, self.egr)
-        opt_state = self._set_hyper(state.opt_state, state.hyper)
+        opt_state = self._set_hyper(state.opt_state, state.hyper, step)
         updates, opt_state = self.transform.update(g, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if self.scheduled:  # the state holds the next update's h (``step_size``: h_t at θ_t)
+            opt_state = self._set_hyper(opt_state, state.hyper, step + 1)
         ok = jnp.isfinite(loss) & state.running
         return TrainState(
             step=jnp.where(ok, step + 1, state.step).astype(jnp.int32),

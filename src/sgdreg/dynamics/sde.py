@@ -33,8 +33,20 @@ converges weakly to the SDE as ℓ → ∞ with order 1 in 1/ℓ (their main the
 minibatch is a uniform random B-subset (without replacement within a draw), drawn afresh and
 independently for every minibatch (i.i.d. over draws, the setting of the paper). ℓ = 1 is SGD
 with such i.i.d. minibatches: c₂ = 0 and g = g_B1 (not the epoch reshuffle of ``sgd``, whose
-per-epoch noise sums to zero and so has no SDE limit under amplification). SVAG uses the
-inference-mode objective like the SDE it approximates.
+per-epoch noise sums to zero and so has no SDE limit under amplification). A deterministic,
+stateless model uses one weighted gradient over the 2B examples.
+
+**BatchNorm and dropout** (docs/science.md#batchnorm-and-dropout). SVAG trains a stateful or
+stochastic model in training mode, as its authors' code does (sadhikamalladi/svag,
+``pl_modules/exp_modules.py``, ``SDELimit1_CIFAR10_Module.training_step``: two forwards
+``self.forward(b1)``, ``self.forward(b2)`` of the model in training mode, loss
+c₁·loss₁ + c₂·loss₂): g_Bk = ∇ of the mean training-mode loss of minibatch k with *its own*
+batch statistics, and the running statistics advance by B1's forward, then B2's (two updates
+per substep; ℓ = 1 draws B1 only: one update, as SGD). Dropout keys: fold_in(fold_in(fold_in(
+model_key, salt), step), substep), split in two. The SDE itself is defined by per-example
+gradients ∇ℓ_i, which a BatchNorm model in training mode does not have (its examples are
+coupled through the batch statistics) and which do not carry dropout's noise: ``SGDSDE``
+refuses such models (``check_model``) and points to SVAG, whose ℓ → ∞ limit it is.
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ import jax
 import jax.numpy as jnp
 
 from ..batching import DEFAULT_CHUNK
-from ..errors import ConfigError, OptimizerError
+from ..errors import ConfigError, ModelError, OptimizerError
 from .base import AbstractDynamics, Data, Hyper, TrainState, _keep
 
 _SDE_SALT = 0x5DE  # the SDE's Brownian increments and SVAG's draws use data_key folded with these
@@ -146,15 +158,19 @@ def _finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
 
 
-def _commit(state: TrainState, params, step) -> TrainState:
-    """The state after one step of h to ``params``: kept if finite and running, else frozen
-    (a non-finite result marks ``diverged_at``)."""
+def _commit(state: TrainState, params, step, model_state=None) -> TrainState:
+    """The state after one step of h to ``params`` (and ``model_state``, if given): kept if
+    finite and running, else frozen (a non-finite result marks ``diverged_at``)."""
     finite = _finite(params)
     ok = finite & state.running
-    return eqx.tree_at(lambda s: (s.step, s.params, s.diverged_at), state, (
+    new = eqx.tree_at(lambda s: (s.step, s.params, s.diverged_at), state, (
         jnp.where(ok, step + 1, state.step).astype(jnp.int32),
         _keep(ok, params, state.params),
         jnp.where(state.running & ~finite, step, state.diverged_at).astype(jnp.int32)))
+    if model_state is not None:
+        new = eqx.tree_at(lambda s: s.model_state, new,
+                          _keep(ok, model_state, state.model_state))
+    return new
 
 
 def _advance(dynamics, state: TrainState, problem, data: Data, step0, num_steps):
@@ -188,6 +204,15 @@ class SGDSDE(AbstractDynamics):
 
     def init(self, params, hyper: Hyper):
         return None
+
+    def check_model(self, stateful: bool, stochastic: bool) -> None:
+        """ModelError for BatchNorm or dropout: the SDE's drift and noise are built from
+        per-example gradients ∇ℓ_i, which such a model in training mode does not have."""
+        if stateful or stochastic:
+            kind = "BatchNorm (stateful layers)" if stateful else "dropout (a key argument)"
+            raise ModelError(f"optimizer 'sde': the SDE of SGD is built from per-example "
+                             f"gradients, undefined for a model with {kind} in training mode; "
+                             "use 'svag' (its limit as amplification grows is this SDE)")
 
     def terms(self, problem, data: Data, key):
         """One control term: the ``increment_operator`` (drift and noise in one weighted
@@ -281,12 +306,20 @@ class SVAG(AbstractDynamics):
         pick = lambda k: jax.lax.top_k(jax.random.uniform(k, (n,)), self.batch_size)[1]
         return pick(k1), pick(k2)
 
+    def dropout_keys(self, model_key, step, sub):
+        """The dropout keys of B1 and B2 in substep ``sub`` of step ``step``."""
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
+            jax.random.wrap_key_data(model_key), _SVAG_SALT), step), sub)
+        return tuple(jax.random.split(key))
+
     def step(self, state: TrainState, problem, data: Data, step):
         """One step of h: ℓ updates θ ← θ − (h/ℓ)(c₁ g_B1 + c₂ g_B2), fresh draws each."""
         n = data.x_train.shape[0]
         if self.batch_size > n:
             raise ConfigError(f"batch_size {self.batch_size} exceeds the {n} training examples")
         obj, lr = problem.objective, state.hyper.lr / self.amplification
+        if getattr(obj, "stateful", False) or getattr(obj, "stochastic", False):
+            return self._training_mode_step(state, problem, data, step, lr)
 
         def sub(j, params):
             i1, i2 = self.draws(state.data_key, step, j, n)
@@ -296,6 +329,28 @@ class SVAG(AbstractDynamics):
 
         params = jax.lax.fori_loop(0, self.amplification, sub, state.params)
         return _commit(state, params, step)
+
+    def _training_mode_step(self, state: TrainState, problem, data: Data, step, lr):
+        """A BatchNorm/dropout model: g_Bk from the training-mode loss of minibatch k (its own
+        batch statistics, ``Problem.training_gradient``), the model state carried through B1's
+        forward, then B2's (module docstring)."""
+        c1, c2 = svag_coefficients(self.amplification)
+        n, stochastic = data.x_train.shape[0], problem.objective.stochastic
+        x, y = data.x_train, data.y_train
+
+        def sub(j, carry):
+            params, ms = carry
+            i1, i2 = self.draws(state.data_key, step, j, n)
+            k1, k2 = self.dropout_keys(state.model_key, step, j) if stochastic else (None, None)
+            _, g, ms = problem.training_gradient(params, ms, x[i1], y[i1], k1, 0.0, False)
+            if self.amplification > 1:
+                _, g2, ms = problem.training_gradient(params, ms, x[i2], y[i2], k2, 0.0, False)
+                g = jax.tree.map(lambda a, b: c1 * a + c2 * b, g, g2)
+            return jax.tree.map(lambda p, d: p - lr * d, params, g), ms
+
+        params, ms = jax.lax.fori_loop(0, self.amplification, sub,
+                                       (state.params, state.model_state))
+        return _commit(state, params, step, ms)
 
     def advance(self, state: TrainState, problem, data: Data, step0, num_steps):
         """``num_steps`` steps of h (ℓ substeps each); a frozen run stays as it is."""

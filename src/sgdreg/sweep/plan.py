@@ -65,7 +65,7 @@ def data_key(cfg: RunConfig) -> tuple:
     seeded = randomized or cfg.dataset in SYNTHETIC
     return (cfg.dataset, cfg.data_dir, cfg.preprocess, cfg.n_train, cfg.n_test,
             cfg.randomization, cfg.corruption if randomized else None,
-            cfg.seed if seeded else None)
+            cfg.seed if seeded else None, cfg.crop)
 
 
 def static_key(cfg: RunConfig, ds: Dataset) -> tuple:
@@ -97,18 +97,26 @@ def sweep_run_id(i: int, over: dict[str, Any]) -> str:
     return f"r{i:04d}_{bounded_id(label(over), to_json_value(over), RUN_LABEL_MAX)}"
 
 
-def plan_sweep(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig]) -> Plan:
-    """Expand the grid, load each distinct dataset once, validate and group the runs."""
-    from ..training import load_data
+def plan_sweep(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig] | Plan,
+               device_budget: int | None = None) -> Plan:
+    """Expand the grid, load each distinct dataset once, validate and group the runs.
+
+    ``device_budget`` (bytes): ``training.load_data``'s (MNIST/CIFAR-10 memory-mapped, checked
+    against one chunk); a group whose data exceed it streams them from the host, which needs
+    one dataset shared by the group (ConfigError otherwise: runs that draw their own data)."""
+    from ..training import load_data, streamed
+
+    if isinstance(grid, Plan):  # planned already (the CLI plans before it prints)
+        return grid
 
     grid = as_grid(grid)
     runs, datasets = [], {}
     for i, (over, cfg) in enumerate(grid.runs()):
         key = data_key(cfg)
         if key not in datasets:
-            datasets[key] = load_data(cfg)
+            datasets[key] = load_data(cfg, device_budget)
         try:
-            validate(cfg, datasets[key].n_train)
+            validate(cfg, datasets[key].n_train, input_shape=datasets[key].input_shape)
         except ConfigError as e:
             raise ConfigError(f"grid run {i} ({label(over)}): {e}") from None
         runs.append(Run(i, sweep_run_id(i, over), cfg, to_json_value(over), key))
@@ -124,4 +132,11 @@ def plan_sweep(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig]) -
         r.group = g.id
     for g in groups:
         g.shared_data = len({runs[i].data_key for i in g.runs}) == 1
+        r0 = runs[g.runs[0]]
+        if not g.shared_data and device_budget is not None and streamed(
+                datasets[r0.data_key], r0.cfg.dtype, r0.cfg.eval_chunk):
+            raise ConfigError(f"device_budget: the runs of grid run {r0.index}'s group draw "
+                              "their own data (a randomization or synthetic task per seed), "
+                              "which a sweep cannot stream; raise the budget above the data "
+                              "or sweep the seeds in separate sweeps")
     return Plan(grid, runs, groups, datasets)

@@ -213,7 +213,8 @@ def run_sweep(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig],
               out_dir: str | os.PathLike, resume: bool = False,
               devices: int | Sequence[Any] | None = None, *, progress: ProgressFn | None = None,
               distributed: bool | Mapping[str, Any] = False, save_models: bool = False,
-              block: int | None = None, shard: tuple[int, int] | None = None) -> SweepResult:
+              block: int | None = None, shard: tuple[int, int] | None = None,
+              device_budget: int | None = None) -> SweepResult:
     """Run every run of ``grid`` into ``out_dir`` (layout and resume: ``sgdreg.sweep``).
 
     ``resume=True`` continues a sweep in ``out_dir`` from its last committed chunk (or starts it
@@ -233,6 +234,10 @@ def run_sweep(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig],
     own last commits (rerunning a finished shard runs nothing) and ``resume`` is implied. The
     result's traces are this shard's runs; its index merges every shard's commits.
 
+    ``device_budget`` (bytes): data above it stay on the host (MNIST/CIFAR-10: memory-mapped)
+    and every run of a group streams the one shared copy in chunks of ``eval_chunk`` rows
+    (``plan_sweep``): the in-memory sweep's numbers.
+
     Example:
         >>> sgdreg.run_sweep({"base": {"optimizer": "sgd", "steps": 300},
         ...                   "grid": {"lr": [0.05, 0.1], "seed": [0, 1]}}, "sweep")  # doctest: +SKIP
@@ -243,8 +248,9 @@ def run_sweep(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig],
     if distributed and not jax.distributed.is_initialized():
         jax.distributed.initialize(**(distributed if isinstance(distributed, Mapping) else {}))
     if shard is not None:
-        return _run_shard(grid, Path(out_dir), shard, devices, progress, save_models, block)
-    plan = plan_sweep(grid)
+        return _run_shard(grid, Path(out_dir), shard, devices, progress, save_models, block,
+                          device_budget)
+    plan = plan_sweep(grid, device_budget)
     devs = select_devices(devices)
     if (Path(out_dir) / MANIFEST).exists():  # before the lock (which cleans temp files)
         raise ConfigError(f"{out_dir} holds a sharded sweep; run it with --shard i/N "
@@ -255,7 +261,8 @@ def run_sweep(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig],
         return _Sweep(plan, Path(out_dir), resume, devs, progress, save_models, block).run()
 
 
-def _run_shard(grid, out: Path, shard, devices, progress, save_models, block) -> SweepResult:
+def _run_shard(grid, out: Path, shard, devices, progress, save_models, block,
+               device_budget=None) -> SweepResult:
     """Shard i of N into ``out``: checks (shard spec, the other shards' manifest, the lock of an
     unsharded sweep) before anything is written, then the manifest (first shard only), then this
     shard's lock and its groups."""
@@ -263,7 +270,7 @@ def _run_shard(grid, out: Path, shard, devices, progress, save_models, block) ->
     from . import shard as sh
 
     i, n = sh.check_shard(shard)
-    plan = plan_sweep(grid)
+    plan = plan_sweep(grid, device_budget)
     devs = select_devices(devices)
     if out.is_dir():
         check_unlocked(out)  # an unsharded sweep writing there
@@ -283,11 +290,13 @@ def _run_shard(grid, out: Path, shard, devices, progress, save_models, block) ->
 
 def check_sweep_dir(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfig],
                     out_dir: str | os.PathLike, resume: bool = False,
-                    block: int | None = None, shard: tuple[int, int] | None = None) -> None:
+                    block: int | None = None, shard: tuple[int, int] | None = None,
+                    device_budget: int | None = None) -> None:
     """The checks ``run_sweep`` makes on ``out_dir`` before it writes anything, without running
     or writing (for a validation pass): another live process's lock, an existing sweep without
     ``resume``, a different grid, and with ``resume`` every committed group file, rows file and
-    state-file header. Raises what ``run_sweep`` would (one line naming the file)."""
+    state-file header. Raises what ``run_sweep`` would (one line naming the file).
+    ``device_budget``: as ``run_sweep``'s (the data are opened the same way)."""
     from ..locking import check_unlocked
 
     out = Path(out_dir)
@@ -295,7 +304,7 @@ def check_sweep_dir(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfi
         from . import shard as sh
 
         i, n = sh.check_shard(shard)
-        plan = plan_sweep(grid)
+        plan = plan_sweep(grid, device_budget)
         if out.is_dir():
             check_unlocked(out)
             check_unlocked(sh.shard_dir(out, i, n))
@@ -311,7 +320,8 @@ def check_sweep_dir(grid: Grid | Mapping | str | os.PathLike | Sequence[RunConfi
     if (out / MANIFEST).exists():
         raise ConfigError(f"{out} holds a sharded sweep; run it with --shard i/N, see it with "
                           "--status, or choose another --out")
-    s = _Sweep(plan_sweep(grid), out, resume, select_devices(1), None, False, block)
+    s = _Sweep(plan_sweep(grid, device_budget), out, resume, select_devices(1), None, False,
+               block)
     if resume:
         for g in s.plan.groups:
             s._load(g)
@@ -509,11 +519,13 @@ class _Sweep:
         from ..training import build
 
         runs = [self.plan.runs[i] for i in g.runs]
-        models: dict[int, eqx.Module] = {}  # θ0 depends on the seed only (within a group)
+        # θ0 (and a BatchNorm preset's state) depends on the seed only (within a group)
+        models: dict[int, tuple] = {}
         setups = []
         for r in runs:
-            setups.append(build(r.cfg, self.plan.datasets[r.data_key], models.get(r.cfg.seed)))
-            models.setdefault(r.cfg.seed, setups[-1].model0)
+            setups.append(build(r.cfg, self.plan.datasets[r.data_key],
+                                *models.get(r.cfg.seed, (None, None))))
+            models.setdefault(r.cfg.seed, (setups[-1].model0, setups[-1].model_state0))
         for r, s in zip(runs, setups):  # the header train() writes; θ0 reused only by seed
             prov = {**s.provenance, "model": {**s.provenance["model"], "preset": r.cfg.model}}
             self.model_info[r.index] = {"provenance": prov, "num_params": num_params(s.params0),
@@ -607,11 +619,12 @@ class _Sweep:
 
     def _save_models(self, runs, setups, host_states):
         for i, (r, s) in enumerate(zip(runs, setups)):
-            params = jax.tree.map(lambda a, i=i: jnp.asarray(a[i]), host_states.params)
-            if self.writer:
+            params, mstate = jax.tree.map(lambda a, i=i: jnp.asarray(a[i]),
+                                          (host_states.params, host_states.model_state))
+            if self.writer:  # a BatchNorm preset: its final running statistics too
                 save_model(self._path("models", f"{r.run_id}.eqx"),
                            eqx.combine(params, s.problem.objective.frozen), r.cfg,
-                           s.dataset.describe())
+                           s.dataset.describe(), state=mstate)
 
     # ---- views: traces, index and table (rebuilt from the committed progress)
 
