@@ -45,6 +45,10 @@ def eos(
     overwrite: Annotated[bool, Opt("--overwrite", help="Write into a non-empty --out: replace "
                                    "this command's files and remove the traces there.")] = False,
     json: Annotated[bool, Opt("--json", help="Print the results on stdout.")] = False,
+    device_budget: Annotated[int | None, Opt(
+        "--device-budget", help="Bytes of device memory the data may take; above it they stay "
+        "on the host (MNIST/CIFAR-10: memory-mapped files) and stream in chunks (same "
+        "numbers).")] = None,
 ):
     """Edge of stability (Cohen et al. 2021): full-batch GD on an MSE tanh MLP, λ_max against
     2/h for each h, and the gradient flow for contrast. Writes eos.json, traces/ and eos.png.
@@ -56,6 +60,8 @@ def eos(
       sgdreg eos --optimizer momentum --lr 0.6,1 --n-train 256 --width 32 --steps 600
 
       sgdreg eos --lr 0.4 --steps 500 --no-flow --json
+
+      sgdreg eos --dataset cifar10 --data-dir ~/data --device-budget 2000000000 --lr 0.01
     """
     from sgdreg.config import RunConfig, validate
     from sgdreg.experiments import eos as lib
@@ -72,16 +78,22 @@ def eos(
         lib._check(lrs, optimizer, momentum, steps, sharpness_every, log_every, lanczos_steps,
                    1 / 3 if settle_fraction is None else settle_fraction, flow_time)
     for h in lrs:  # every run's config, as the library builds it (before any data is loaded)
-        validate(RunConfig(dataset=dataset, data_dir=data_dir, n_train=n_train, width=width,
-                           depth=depth, optimizer=optimizer, momentum=momentum, steps=steps,
-                           log_every=log_every, seed=seed, dtype=dtype, lr=h, **lib.MODEL))
+        cfg = RunConfig(dataset=dataset, data_dir=data_dir, n_train=n_train, width=width,
+                        depth=depth, optimizer=optimizer, momentum=momentum, steps=steps,
+                        log_every=log_every, seed=seed, dtype=dtype, lr=h, **lib.MODEL)
+        validate(cfg)
+    data = None
+    if device_budget is not None:  # loaded (memory-mapped) and checked before any output
+        from .core import stream_budget
+
+        data = stream_budget(None, device_budget, cfg)
     dest = output_dir(out, "eos", overwrite=overwrite)
     make_output(dest, overwrite)  # created and locked (an empty one is removed on failure)
     res = run_edge_of_stability(
         lrs, optimizer=optimizer, momentum=momentum, dataset=dataset, data_dir=data_dir,
         n_train=n_train, width=width, depth=depth, steps=steps, sharpness_every=sharpness_every,
         log_every=log_every, lanczos_steps=lanczos_steps, include_flow=flow, flow_time=flow_time,
-        seed=seed, dtype=dtype, traces=traces, out_dir=dest, progress=console.print,
+        seed=seed, dtype=dtype, data=data, traces=traces, out_dir=dest, progress=console.print,
         **({} if settle_fraction is None else {"settle_fraction": settle_fraction}))
     fig = render_eos(dest, dest / "eos.png")[0]
     rows = [[r["run_id"], r["status"], r["threshold"], r["lambda_max_initial"],

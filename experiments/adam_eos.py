@@ -11,6 +11,10 @@ third within a few % of 38/h) while the raw λ_max settles at no threshold.
 
 Writes figures/data/adam_eos/adam_eos.json (traces not kept: the results hold every number the
 figure needs) and figures/adam_eos.png (+ .svg).
+
+``--scale paper --data-dir DIR``: the same experiment on the paper's setup (fc-tanh 200×2, MSE,
+full-batch Adam on 5,000 CIFAR-10 images, float32; ``paper.RECIPES["adam_eos"]``) into
+figures/data/adam_eos_paper/ and figures/adam_eos_paper.png.
 """
 
 import time
@@ -31,12 +35,28 @@ CONFIG = dict(lrs=(0.002, 0.004, 0.008), seeds=(0, 1, 2), b1=0.9, dataset="digit
               settle_fraction=1 / 3, dtype="float64")
 
 
+def configure(args) -> dict:
+    """CONFIG, or at ``--scale paper`` the recipe's setup."""
+    r = args.recipe
+    if r is None:
+        return CONFIG
+    c = paper.run_config(r, args.data_dir)
+    return CONFIG | dict(lrs=r.grid["lr"], seeds=r.seeds, b1=c.momentum, dataset=c.dataset,
+                         data_dir=c.data_dir, n_train=c.n_train, width=c.width, depth=c.depth,
+                         steps=c.steps, sharpness_every=c.hessian_every, log_every=c.log_every,
+                         lanczos_steps=c.lanczos_steps, dtype=c.dtype
+                         ) | paper.knobs(r, CONFIG) | paper.budget(args)
+
+
 def main(argv=None):
-    if paper.at_scale(__file__, argv, __doc__) is None:
+    args = paper.at_scale(__file__, argv, __doc__)
+    if args is None:
         return
+    out, figure = paper.outputs(args, ROOT, NAME)
     start = time.perf_counter()
-    res = run_adam_eos(**CONFIG, traces=False, out_dir=ROOT / "data" / NAME, progress=print)
-    render_adam_sharpness(ROOT / "data" / NAME, ROOT / f"{NAME}.png")
+    res = run_adam_eos(**configure(args), traces=False, out_dir=out, progress=print)
+    paper.record(args, out)
+    render_adam_sharpness(out, figure)
     for g in res["per_lr"]:
         print(f"h={g['lr']:<6g} 38/h={g['threshold']:<8.5g} settled ratio over seeds "
               f"{g['seeds']}: median {g['median_ratio']:.3f} [min {g['min_ratio']:.3f}, max "

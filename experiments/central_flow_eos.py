@@ -10,6 +10,10 @@ same θ0 the gradient flow and the IGR modified flow (Tsit5, rtol 1e-8) and the 
 L + tr X/h) over time and their means over the EoS window (from GD's λ_max ≥ 0.95·2/h).
 
 Writes figures/data/central_flow/central_flow.json and figures/central_flow.png (+ .svg).
+
+``--scale paper --data-dir DIR``: the same comparison on CIFAR-10 (fc-tanh 200×2, MSE, h = 2/50,
+float64; ``paper.RECIPES["central_flow_eos"]``, its cost in the recipe's note) into
+figures/data/central_flow_eos_paper/ and figures/central_flow_eos_paper.png.
 """
 
 import time
@@ -30,12 +34,26 @@ CONFIG = dict(lr=0.8, dataset="digits", n_train=256, width=32, depth=2, steps=20
               sharpness_every=4, edge_fraction=0.95, rtol=1e-8, atol=1e-10, dtype="float64")
 
 
+def configure(args) -> dict:
+    """CONFIG, or at ``--scale paper`` the recipe's setup."""
+    r = args.recipe
+    if r is None:
+        return CONFIG
+    c = paper.run_config(r, args.data_dir)
+    return CONFIG | dict(lr=c.lr, dataset=c.dataset, data_dir=c.data_dir, n_train=c.n_train,
+                         width=c.width, depth=c.depth, steps=c.steps, seeds=r.seeds,
+                         dtype=c.dtype) | paper.knobs(r, CONFIG) | paper.budget(args)
+
+
 def main(argv=None):
-    if paper.at_scale(__file__, argv, __doc__) is None:
+    args = paper.at_scale(__file__, argv, __doc__)
+    if args is None:
         return
+    out, figure = paper.outputs(args, ROOT, NAME)
     start = time.perf_counter()
-    res = run_central_flow_comparison(**CONFIG, out_dir=ROOT / "data" / NAME, progress=print)
-    render_central_flow(ROOT / "data" / NAME, ROOT / f"{NAME}.png")
+    res = run_central_flow_comparison(**configure(args), out_dir=out, progress=print)
+    paper.record(args, out)
+    render_central_flow(out, figure)
     summ = res["summary"]
     for name in MODELS:
         d, e = (summ["models"][name][k] for k in ("distance_mean_min_max",

@@ -11,6 +11,10 @@ non-monotonically; the flow's λ_max rises past every 2/h. Same as
 
 Writes figures/data/eos/eos.json (traces not kept: the results hold every number the figure
 needs) and figures/eos.png (+ .svg).
+
+``--scale paper --data-dir DIR``: the same experiment on Cohen et al.'s setup (fc-tanh 200×2,
+MSE, full-batch GD on 5,000 CIFAR-10 images, h = 2/30 … 2/90; ``paper.RECIPES["cohen_eos"]``)
+into figures/data/cohen_eos_paper/ and figures/cohen_eos_paper.png.
 """
 
 import time
@@ -27,23 +31,40 @@ CONFIG = dict(lrs=(0.1, 0.2, 0.4), optimizer="gd", dataset="digits", n_train=Non
               settle_fraction=1 / 3, include_flow=True, seed=0, dtype="float32")
 
 
+def configure(args) -> dict:
+    """CONFIG, or at ``--scale paper`` the recipe's setup."""
+    r = args.recipe
+    if r is None:
+        return CONFIG
+    c = paper.run_config(r, args.data_dir)
+    return CONFIG | dict(lrs=r.grid["lr"], optimizer=c.optimizer, dataset=c.dataset,
+                         data_dir=c.data_dir, n_train=c.n_train, width=c.width, depth=c.depth,
+                         steps=c.steps, sharpness_every=c.hessian_every, log_every=c.log_every,
+                         lanczos_steps=c.lanczos_steps, seed=c.seed,
+                         dtype=c.dtype) | paper.knobs(r, CONFIG) | paper.budget(args)
+
+
 def main(argv=None):
-    if paper.at_scale(__file__, argv, __doc__) is None:
+    args = paper.at_scale(__file__, argv, __doc__)
+    if args is None:
         return
+    out, figure = paper.outputs(args, ROOT, NAME)
     start = time.perf_counter()
-    res = run_edge_of_stability(**CONFIG, traces=False, out_dir=ROOT / "data" / NAME, progress=print)
-    render_eos(ROOT / "data" / NAME, ROOT / f"{NAME}.png")
+    res = run_edge_of_stability(**configure(args), traces=False, out_dir=out, progress=print)
+    paper.record(args, out)
+    render_eos(out, figure)
     for r in res["runs"]:
         print(f"h={r['lr']:<5g} 2/h={r['threshold']:<6.4g} λ_max(0)={r['lambda_max_initial']:.3f} "
               f"settled median {r['settled_lambda_max']:.3f} (mean {r['mean_lambda_max']:.3f}) "
               f"ratio {r['ratio']:.3f}; reached 0.95·2/h at t={r['t_at_edge']}; loss increases "
               f"{r['loss_increases']}/{r['loss_comparisons']}; {r['wall_time_s']:.0f} s")
     f = res["flow_vs_largest"]
-    print(f"flow at t={f['t']}: λ_max={f['flow_lambda_max']} vs GD(h={f['lr']:g}) "
-          f"{f['gd_lambda_max']}, 2/h={f['threshold']:.3g}; at t={f['flow_t_end']:g}: "
-          f"{f['flow_lambda_max_end']}; flow crosses "
-          + ", ".join(f"2/h={c['threshold']:.3g} at t={c['t_flow_crosses']} (GD at the edge at "
-                      f"t={c['t_gd_at_edge']})" for c in f["crossings"]))
+    if f:
+        print(f"flow at t={f['t']}: λ_max={f['flow_lambda_max']} vs GD(h={f['lr']:g}) "
+              f"{f['gd_lambda_max']}, 2/h={f['threshold']:.3g}; at t={f['flow_t_end']:g}: "
+              f"{f['flow_lambda_max_end']}; flow crosses "
+              + ", ".join(f"2/h={c['threshold']:.3g} at t={c['t_flow_crosses']} (GD at the edge "
+                          f"at t={c['t_gd_at_edge']})" for c in f["crossings"]))
     print(f"wall time {time.perf_counter() - start:.1f} s")
 
 

@@ -12,6 +12,10 @@ the run (the EoS regime oscillates). Writes figures/data/compare_default/stats.j
 seed 0's figure to figures/compare_default.png; prints the README table.
 
     python experiments/compare_default.py [--seeds 3]
+
+``--scale paper --data-dir DIR``: the same command and statistics on Cohen et al.'s scale
+(fc-tanh 200×2 on 5,000 CIFAR-10 images, h = 2/50, ``paper.RECIPES["compare_default"]``, its
+seeds) into figures/data/compare_default_paper/ and figures/compare_default_paper.png.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from pathlib import Path
 from sgdreg.experiments import paper
 
 ROOT = Path(__file__).resolve().parents[1] / "figures"
-DATA = ROOT / "data" / "compare_default"
 COMMAND = ["compare", "--optimizers", "gd,sgd", "--lr", "0.1"]
 
 
@@ -64,21 +67,40 @@ def mean_sd(values: list[float | None]) -> tuple[float, float] | None:
     return statistics.mean(v), statistics.stdev(v)
 
 
+def configure(args) -> tuple[list[str], list[int]]:
+    """(the sgdreg command, seeds): COMMAND, or at ``--scale paper`` the recipe's setup as the
+    same command's options."""
+    r = args.recipe
+    if r is None:
+        return COMMAND, list(range(args.seeds))
+    c = paper.run_config(r, args.data_dir)
+    opts = dict(optimizers=",".join(r.grid["optimizer"]), lr=c.lr, dataset=c.dataset,
+                data_dir=c.data_dir, n_train=c.n_train, model=c.model, width=c.width,
+                depth=c.depth, activation=c.activation, loss=c.loss, steps=c.steps,
+                batch_size=r.extra["sgd_batch_size"], log_every=c.log_every,
+                hessian_every=c.hessian_every, probes=c.probes, lanczos_steps=c.lanczos_steps,
+                lambda_min_steps=c.lambda_min_steps, dtype=c.dtype) | paper.budget(args)
+    cmd = ["compare"] + [a for k, v in opts.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    return cmd, list(r.seeds)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
     args = paper.at_scale(__file__, argv, __doc__, parser=ap)
     if args is None:
         return
+    command, seeds = configure(args)
+    data, figure = paper.outputs(args, ROOT, "compare_default")
     runs: dict[str, list[dict]] = {"gd": [], "sgd": []}
     repo = ROOT.parent
-    for seed in range(args.seeds):
-        out = DATA / f"seed{seed}"
+    for seed in seeds:
+        out = (data / f"seed{seed}").resolve()
         if out.exists():
             shutil.rmtree(out)
-        subprocess.run([sys.executable, "-m", "sgdreg", *COMMAND, "--seed", str(seed),
-                        "--out", str(out.relative_to(repo))], check=True, cwd=repo,
-                       stdout=subprocess.DEVNULL)
+        rel = out.relative_to(repo) if out.is_relative_to(repo) else out
+        subprocess.run([sys.executable, "-m", "sgdreg", *command, "--seed", str(seed),
+                        "--out", str(rel)], check=True, cwd=repo, stdout=subprocess.DEVNULL)
         summary = json.loads((out / "summary.json").read_text())
         for r in summary["runs"]:
             doc = json.loads((repo / r["trace"]).read_text())
@@ -91,13 +113,13 @@ def main(argv=None):
         diff = [a - b if a is not None and b is not None else None for a, b in zip(gd, sgd)]
         stats[k] = {"gd": gd, "sgd": sgd, "gd_mean_sd": mean_sd(gd), "sgd_mean_sd": mean_sd(sgd),
                     "diff_mean_sd": mean_sd(diff)}
-    DATA.mkdir(parents=True, exist_ok=True)
-    (DATA / "stats.json").write_text(json.dumps({"command": "sgdreg " + " ".join(COMMAND),
-                                                 "seeds": list(range(args.seeds)),
-                                                 "stats": stats}, indent=1))
-    shutil.copy(DATA / "seed0" / "compare.png", ROOT / "compare_default.png")
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "stats.json").write_text(json.dumps({"command": "sgdreg " + " ".join(command),
+                                                 "seeds": seeds, "stats": stats}, indent=1))
+    paper.record(args, data)
+    shutil.copy(data / f"seed{seeds[0]}" / "compare.png", figure)
     fmt = lambda ms: "–" if ms is None else f"{ms[0]:.4g} ± {ms[1]:.2g}"  # noqa: E731
-    print(f"| quantity ({args.seeds} seeds, mean ± s.d.) | GD | SGD (B = 16) | GD − SGD (paired) |")
+    print(f"| quantity ({len(seeds)} seeds, mean ± s.d.) | GD | SGD (B = 16) | GD − SGD (paired) |")
     print("|---|---|---|---|")
     for k in keys:
         st = stats[k]

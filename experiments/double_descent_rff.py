@@ -12,6 +12,11 @@ Sample-wise (digits): N = 300 fixed, n from 30 to all 1438 training examples (n 
 
     python experiments/double_descent_rff.py   →  figures/data/double_descent_rff/,
                                                   figures/double_descent_rff.png/.svg
+
+``--scale paper --data-dir DIR``: Belkin et al.'s MNIST setup (n = 10,000 of the MNIST training
+images, σ = 5, the recipe's N grid; ``paper.RECIPES["double_descent_rff"]``) model-wise, and the
+sample-wise curve on MNIST, into figures/data/double_descent_rff_paper/ and
+figures/double_descent_rff_paper.png.
 """
 
 from pathlib import Path
@@ -43,32 +48,52 @@ def report(res, wall):
           f"N = {max(res['mean'], key=lambda r: r['norm'])['N']}; {wall:.0f} s")
 
 
+def configure(args):
+    """(model-wise runs, sample-wise run): each a (result name, dataset, config) with the config
+    holding the grid, seeds and σ; digits and mnist5k by default, the recipe's MNIST setup at
+    ``--scale paper``."""
+    r = args.recipe
+    if r is None:
+        digits = open_dataset("digits", preprocess="unit", dtype=np.float64)
+        sub = open_dataset("digits", preprocess="unit", n_train=N_TRAIN, dtype=np.float64)
+        m5k = open_dataset("mnist5k", preprocess="unit", n_train=MNIST_N, dtype=np.float64)
+        model_wise = [("double_descent_rff", sub, {"dataset": "digits", "n_train": N_TRAIN,
+                       "features": feature_grid(N_TRAIN, num=25), "seeds": SEEDS}),
+                      ("double_descent_rff_mnist5k", m5k, {
+                          "dataset": "mnist5k", "n_train": MNIST_N, "sigma": MNIST_SIGMA,
+                          "features": feature_grid(MNIST_N), "seeds": SEEDS})]
+        sizes = [n for n in feature_grid(N_FIXED, num=25) if n <= digits.n_train] + [digits.n_train]
+        return model_wise, ("double_descent_samples", digits, {
+            "dataset": "digits", "N": N_FIXED, "sample_sizes": sizes, "seeds": SEEDS})
+    full = open_dataset(r.dataset, data_dir=args.data_dir, preprocess="unit", dtype=np.float64)
+    sub = open_dataset(r.dataset, data_dir=args.data_dir, preprocess="unit", n_train=r.n,
+                       dtype=np.float64)
+    sigma, n_fixed = r.extra["sigma"], r.extra["sample_wise_N"]
+    sizes = sorted({n for n in feature_grid(n_fixed, num=25) if n <= full.n_train} | {n_fixed})
+    return ([("double_descent_rff", sub, {"dataset": r.dataset, "n_train": r.n, "sigma": sigma,
+              "features": list(r.grid["N"]), "seeds": r.seeds})],
+            ("double_descent_samples", full, {"dataset": r.dataset, "N": n_fixed,
+             "sample_sizes": sizes, "seeds": r.seeds, "sigma": sigma}))
+
+
 def main(argv=None):
-    if paper.at_scale(__file__, argv, __doc__) is None:
+    args = paper.at_scale(__file__, argv, __doc__)
+    if args is None:
         return
-    data = ROOT / "figures" / "data" / NAME
-    digits = open_dataset("digits", preprocess="unit", dtype=np.float64)
-    grid = feature_grid(N_TRAIN, num=25)
-    res, wall = timed(rff_model_wise, open_dataset("digits", preprocess="unit", n_train=N_TRAIN,
-                                                   dtype=np.float64), grid, SEEDS)
-    save_results(data, "double_descent_rff", {"dataset": "digits", "preprocess": "unit",
-                 "n_train": N_TRAIN, "features": grid, "seeds": SEEDS}, res, wall)
-    report(res, wall)
-    mgrid = feature_grid(MNIST_N)
-    mres, mwall = timed(rff_model_wise, open_dataset("mnist5k", preprocess="unit", n_train=MNIST_N,
-                                                     dtype=np.float64), mgrid, SEEDS, MNIST_SIGMA)
-    save_results(data, "double_descent_rff_mnist5k", {"dataset": "mnist5k", "preprocess": "unit",
-                 "n_train": MNIST_N, "sigma": MNIST_SIGMA, "features": mgrid, "seeds": SEEDS},
-                 mres, mwall)
-    report(mres, mwall)
-    sizes = [n for n in feature_grid(N_FIXED, num=25) if n <= digits.n_train] + [digits.n_train]
-    res2, wall2 = timed(rff_sample_wise, digits, N_FIXED, sizes, SEEDS)
-    save_results(data, "double_descent_samples", {"dataset": "digits", "preprocess": "unit",
-                 "N": N_FIXED, "sample_sizes": sizes, "seeds": SEEDS}, res2, wall2)
+    data, figure = paper.outputs(args, ROOT / "figures", NAME)
+    model_wise, (sname, sds, scfg) = configure(args)
+    for name, ds, cfg in model_wise:
+        res, wall = timed(rff_model_wise, ds, cfg["features"], cfg["seeds"], cfg.get("sigma"))
+        save_results(data, name, {"preprocess": "unit", **cfg}, res, wall)
+        report(res, wall)
+    res2, wall2 = timed(rff_sample_wise, sds, scfg["N"], scfg["sample_sizes"], scfg["seeds"],
+                        scfg.get("sigma"))
+    save_results(data, sname, {"preprocess": "unit", **scfg}, res2, wall2)
+    paper.record(args, data)
     peak = max(res2["mean"], key=lambda r: r["test_error"])
     print(f"sample-wise: test error peaks at n = {peak['n']} ({peak['test_error']:.3f}); "
           f"{wall2:.0f} s")
-    render_double_descent(data, ROOT / "figures" / f"{NAME}.png")
+    render_double_descent(data, figure)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ test error logged every epoch.
 
     python experiments/double_descent_width.py   →  figures/data/double_descent_width/,
                                                     figures/double_descent_width.png/.svg
+
+``--scale paper --data-dir DIR``: Nakkiran et al.'s setup (ResNet-18 of width k = 1 … 64 on
+CIFAR-10, Adam lr 1e-4, batch 128, 4000 epochs, 15% label noise; the epoch-wise curve at
+k = 64; ``paper.RECIPES["double_descent_width"]``) into figures/data/double_descent_width_paper/
+and figures/double_descent_width_paper.png.
 """
 
 from pathlib import Path
@@ -29,21 +34,37 @@ MODEL_WISE = BASE.replace(steps=200 * STEPS_PER_EPOCH, log_every=200 * STEPS_PER
 EPOCH_WISE = BASE.replace(width=512, steps=1000 * STEPS_PER_EPOCH, log_every=STEPS_PER_EPOCH)
 
 
+def configure(args):
+    """(model-wise config, widths, noises, seeds, epochs; epoch-wise config, noise, epochs): the
+    digits MLP default, or at ``--scale paper`` the recipe's ResNet-18 (width = k)."""
+    r = args.recipe
+    if r is None:
+        return (MODEL_WISE, WIDTHS, NOISES, SEEDS, 200), (EPOCH_WISE, 0.2, 1000)
+    c = paper.run_config(r, args.data_dir, device_budget=args.device_budget)
+    ew = next(p for p in r.extra_runs if p.get("epoch_wise"))
+    return ((c.replace(log_every=c.steps), r.grid["k"], r.grid["noise"], r.seeds, r.epochs),
+            (paper.run_config(r, args.data_dir, ew, device_budget=args.device_budget),
+             ew["noise"], r.epochs))
+
+
 def main(argv=None):
-    if paper.at_scale(__file__, argv, __doc__) is None:
+    args = paper.at_scale(__file__, argv, __doc__)
+    if args is None:
         return
-    data = ROOT / "figures" / "data" / NAME
-    res, wall = timed(deep_model_wise, MODEL_WISE, WIDTHS, NOISES, SEEDS, progress=print)
-    save_results(data, "double_descent_width", {**MODEL_WISE.to_dict(), "widths": WIDTHS,
-                 "noises": NOISES, "seeds": SEEDS, "epochs": 200}, res, wall)
+    data, figure = paper.outputs(args, ROOT / "figures", NAME)
+    (mw, widths, noises, seeds, epochs), (ew, ew_noise, ew_epochs) = configure(args)
+    res, wall = timed(deep_model_wise, mw, widths, noises, seeds, progress=print)
+    save_results(data, "double_descent_width", {**mw.to_dict(), "widths": widths,
+                 "noises": noises, "seeds": seeds, "epochs": epochs}, res, wall)
     print(f"model-wise: {wall:.0f} s")
-    res2, wall2 = timed(deep_epoch_wise, EPOCH_WISE, 0.2)
-    save_results(data, "double_descent_epoch", {**EPOCH_WISE.to_dict(), "noise": 0.2,
-                 "epochs": 1000}, res2, wall2)
+    res2, wall2 = timed(deep_epoch_wise, ew, ew_noise)
+    save_results(data, "double_descent_epoch", {**ew.to_dict(), "noise": ew_noise,
+                 "epochs": ew_epochs}, res2, wall2)
+    paper.record(args, data)
     best = min(range(len(res2["test_error"])), key=lambda i: res2["test_error"][i])
     print(f"epoch-wise: best test error {res2['test_error'][best]:.3f} at epoch "
           f"{res2['epoch'][best]:g}, final {res2['test_error'][-1]:.3f}; {wall2:.0f} s")
-    render_double_descent(data, ROOT / "figures" / f"{NAME}.png")
+    render_double_descent(data, figure)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ bootstrap CIs over runs and the granulated Ψ over lr, batch size, width and p.
 
     python experiments/generalization_measures.py [--large] [--out DIR]
 
+``--scale paper --data-dir DIR``: the recipe's grid (ResNet-18 of width k on CIFAR-10, SGD, to
+train cross-entropy 0.01; ``paper.RECIPES["generalization_measures"]``), written to
+``*_paper`` names (sgdreg-runs/, figures/data/, figures/).
+
 Runs (traces, models; an interrupted grid resumes) go to sgdreg-runs/generalization_measures/;
 correlation.json, measures.json and experiment.json to figures/data/generalization_measures/;
 the figure to figures/generalization_measures.png/.svg. Same as
@@ -32,6 +36,7 @@ import shutil
 import time
 from pathlib import Path
 
+from sgdreg.config import RunConfig
 from sgdreg.experiments import generalization as gz
 from sgdreg.experiments import paper
 from sgdreg.plotting.generalization import ranking_table, render_generalization
@@ -59,6 +64,21 @@ LARGE = {
 MEASURE_OPTIONS = {"flatness": True, "curvature": True}
 
 
+def configure(args) -> dict:
+    """The sweep grid: DEFAULT (or LARGE), or at ``--scale paper`` the recipe's (ResNet-18 width
+    k as ``width``, its label-noise axis as ``corruption``)."""
+    r = args.recipe
+    if r is None:
+        return LARGE if args.large else DEFAULT
+    c = paper.run_config(r, args.data_dir, device_budget=args.device_budget)
+    c = c.replace(randomization="label-corruption", stop_loss=r.extra["stop_loss"])
+    default = RunConfig().to_dict()
+    return {"name": f"{NAME}_paper",
+            "base": {k: v for k, v in c.to_dict().items() if v != default[k]},
+            "grid": {"width": list(r.grid["k"]), "lr": list(r.grid["lr"]),
+                     "corruption": list(r.grid["noise"]), "seed": list(r.seeds)}}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", "--gpu", action="store_true", help="the 96-run MNIST grid")
@@ -66,7 +86,7 @@ def main(argv=None):
     args = paper.at_scale(__file__, argv, __doc__, parser=parser)
     if args is None:
         return
-    grid = LARGE if args.large else DEFAULT
+    grid = configure(args)
     name = grid["name"]
     runs = args.out or ROOT / "sgdreg-runs" / name
     start = time.perf_counter()
@@ -87,10 +107,11 @@ def main(argv=None):
         "runs_trained": sum(not r["reused"] for r in index["runs"]),
         "measures_computed": sum(r.get("cached") is False for r in table["runs"]),
         "device": device_info(), "versions": versions()})
+    paper.record(args, data)
     files = render_generalization(data, ROOT / "figures" / f"{name}.png")
 
-    print(f"\n{doc['num_kept']} of {doc['num_runs']} runs at train loss ≤ {STOP_LOSS}; "
-          f"hyper-parameters {', '.join(doc['hyperparams'])}")
+    print(f"\n{doc['num_kept']} of {doc['num_runs']} runs at train loss ≤ "
+          f"{grid['base']['stop_loss']}; hyper-parameters {', '.join(doc['hyperparams'])}")
     for d in doc["discarded"]:
         print(f"  discarded {d['run_id']}: {d['reason']}")
     cols, rows = ranking_table(doc)

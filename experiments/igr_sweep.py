@@ -13,6 +13,10 @@ larger models) give smaller R_IG and higher test accuracy. Same as
 
 Writes figures/data/igr_sweep/igr_sweep.json (traces not kept: the results hold every number the
 figure needs) and figures/igr_sweep.png.
+
+``--scale paper --data-dir DIR``: the same sweep with a ResNet-18 of width k on CIFAR-10 (full-batch
+GD, ``paper.RECIPES["igr_sweep"]``: its lrs, k and t) into figures/data/igr_sweep_paper/ and
+figures/igr_sweep_paper.png.
 """
 
 import time
@@ -31,13 +35,30 @@ ROOT = Path(__file__).resolve().parents[1] / "figures"
 CONFIG = RunConfig(**igr.SWEEP_DEFAULTS)
 
 
+SWEEP = dict(time=150.0, target_loss=0.03, log_every=5)
+
+
+def configure(args):
+    """(base RunConfig, lrs, widths, seeds, sweep settings): the digits default, or at
+    ``--scale paper`` the recipe's (widths = the ResNet-18's k)."""
+    r = args.recipe
+    if r is None:
+        return CONFIG, igr.SWEEP_LRS, igr.SWEEP_WIDTHS, igr.SWEEP_SEEDS, SWEEP
+    cfg = paper.run_config(r, args.data_dir, device_budget=args.device_budget)
+    return (cfg, r.grid["lr"], r.grid["k"], r.seeds,
+            SWEEP | paper.knobs(r, SWEEP))
+
+
 def main(argv=None):
-    if paper.at_scale(__file__, argv, __doc__) is None:
+    args = paper.at_scale(__file__, argv, __doc__)
+    if args is None:
         return
+    out, figure = paper.outputs(args, ROOT, NAME)
+    base, lrs, widths, seeds, sweep = configure(args)
     start = time.perf_counter()
-    res = igr.igr_sweep(CONFIG, igr.SWEEP_LRS, igr.SWEEP_WIDTHS, seeds=igr.SWEEP_SEEDS,
-                        time=150.0, target_loss=0.03, out_dir=ROOT / "data" / NAME, traces=False,
+    res = igr.igr_sweep(base, lrs, widths, seeds=seeds, **sweep, out_dir=out, traces=False,
                         progress=print)
+    paper.record(args, out)
     fmt = lambda s: "—" if s is None else f"{s['mean']:.4g} [{s['min']:.4g}, {s['max']:.4g}]"  # noqa: E731
     for e in res["summary"]:
         print(f"w={e['width']:<4} h={e['lr']:<5g} {e['view']:<8} n={e['n']}/{e['seeds']} "
@@ -49,7 +70,7 @@ def main(argv=None):
               f"{e['to']:g}: {fmt(e['low_end'])} → {fmt(e['high_end'])}  separated={e['separated']}")
     for t in res["trends"]:
         print(t)
-    render_sweep(ROOT / "data" / NAME, ROOT / f"{NAME}.png")
+    render_sweep(out, figure)
     print(f"wall time {time.perf_counter() - start:.1f} s")
 
 

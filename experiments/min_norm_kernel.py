@@ -8,6 +8,11 @@ interpolant of the 4000 mnist5k digits with pixels in [0,1] (random labels: seed
 
     python experiments/min_norm_kernel.py   →  figures/data/min_norm_kernel/,
                                                figures/min_norm_kernel.png/.svg
+
+``--scale paper --data-dir DIR``: the RBF interpolant of all 60,000 MNIST training images (the
+paper's §5 setup), GD from zero on the first 30, the table and the random-label norms on the
+first ``small_n`` (``paper.RECIPES["min_norm_kernel"]``), into
+figures/data/min_norm_kernel_paper/ and figures/min_norm_kernel_paper.png.
 """
 
 from pathlib import Path
@@ -32,24 +37,47 @@ CONFIG = {"dataset": "digits", "kernel": "rbf", "bandwidth": None, "gd_n": 30, "
                       "random_label_seeds": SEEDS}}
 
 
-def run() -> dict:
-    ds, raw = open_dataset("digits"), open_dataset("digits", preprocess="none")
-    res = min_norm_kernel(ds, "rbf", None, CONFIG["gd_n"], CONFIG["gd_steps"], raw, progress=print,
-                          random_label_seeds=SEEDS)
-    res["other_interpolations"] = [
-        {"dataset": "mnist5k (pixels in [0,1])",
-         **kernel_interpolate(open_dataset("mnist5k", preprocess="unit"), "rbf").as_dict()}]
-    res["fixed_kernel"] += random_label_norms(open_dataset("mnist5k", preprocess="none"),
-                                              ("unit",), (1.0,), SEEDS)
+def configure(args) -> dict:
+    """The data and settings: digits (+ mnist5k) by default; at ``--scale paper`` the recipe's
+    MNIST (all n for the interpolant, the first small_n raw images for the table and the
+    random-label norms)."""
+    r = args.recipe
+    if r is None:
+        return {"config": CONFIG, "ds": open_dataset("digits"),
+                "raw": open_dataset("digits", preprocess="none"),
+                "others": [("mnist5k (pixels in [0,1])", open_dataset("mnist5k", preprocess="unit"))],
+                "more_fixed": [open_dataset("mnist5k", preprocess="none")], "seeds": SEEDS}
+    small = r.extra["small_n"]
+    seeds = list(r.seeds)
+    return {"config": {"dataset": r.dataset, "n_train": r.n, "kernel": "rbf", "bandwidth": None,
+                       "gd_n": CONFIG["gd_n"], "gd_steps": CONFIG["gd_steps"],
+                       "random_label_seeds": seeds, "small_n": small},
+            "ds": open_dataset(r.dataset, data_dir=args.data_dir, n_train=r.n),
+            "raw": open_dataset(r.dataset, data_dir=args.data_dir, preprocess="none",
+                                n_train=small),
+            "others": [], "more_fixed": [], "seeds": seeds}
+
+
+def run(setup: dict) -> dict:
+    seeds = setup["seeds"]
+    res = min_norm_kernel(setup["ds"], "rbf", None, CONFIG["gd_n"], CONFIG["gd_steps"],
+                          setup["raw"], progress=print, random_label_seeds=seeds)
+    res["other_interpolations"] = [{"dataset": name, **kernel_interpolate(ds, "rbf").as_dict()}
+                                   for name, ds in setup["others"]]
+    for raw in setup["more_fixed"]:
+        res["fixed_kernel"] += random_label_norms(raw, ("unit",), (1.0,), seeds)
     return res
 
 
 def main(argv=None):
-    if paper.at_scale(__file__, argv, __doc__) is None:
+    args = paper.at_scale(__file__, argv, __doc__)
+    if args is None:
         return
-    data = ROOT / "figures" / "data" / NAME
-    res, wall = timed(run)
-    save_results(data, "kernel", CONFIG, res, wall)
+    data, figure = paper.outputs(args, ROOT / "figures", NAME)
+    setup = configure(args)
+    res, wall = timed(run, setup)
+    save_results(data, "kernel", setup["config"], res, wall)
+    paper.record(args, data)
     for r in [res["interpolation"], *res["other_interpolations"], *res["preprocessing_table"]]:
         print({k: r[k] for k in r if k in ("dataset", "preprocessing", "bandwidth_scale", "n",
                                            "train_error", "test_error", "rkhs_norm")})
@@ -61,7 +89,7 @@ def main(argv=None):
     print(f"GD from zero: ‖W − W*‖/‖W*‖ = {g['final_dist']:.2e} after {g['steps']} steps "
           f"(κ = {g['kappa']:.0f}); test error {g['test_error_gd']:.3f}")
     print(f"wall time {wall:.0f} s")
-    render_kernel(data, ROOT / "figures" / f"{NAME}.png")
+    render_kernel(data, figure)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ labels fit well inside the budget.
 
     python experiments/zhang_randomization.py   →  figures/data/zhang_randomization/,
                                                    figures/zhang_randomization.png/.svg
+
+``--scale paper --data-dir DIR``: the same tests on Zhang et al.'s setup (small Inception on
+28×28 centre crops of CIFAR-10, SGD momentum 0.9, lr 0.1 × 0.95 per epoch, batch 128;
+``paper.RECIPES["zhang_randomization"]``) into figures/data/zhang_randomization_paper/ and
+figures/zhang_randomization_paper.png.
 """
 
 from pathlib import Path
@@ -27,20 +32,33 @@ CONFIG = RunConfig(dataset="digits", model="mlp", width=128, depth=1, optimizer=
 SEEDS = (0, 1, 2)
 
 
+def configure(args):
+    """(RunConfig, corruptions, input randomizations, seeds, epochs): the digits default, or at
+    ``--scale paper`` the recipe's (its ``variant`` axis: corruption levels p, then inputs)."""
+    r = args.recipe
+    if r is None:
+        return CONFIG, CORRUPTIONS, INPUT_RANDOMIZATIONS, SEEDS, EPOCHS
+    variants = r.grid["variant"]
+    return (paper.run_config(r, args.data_dir, device_budget=args.device_budget),
+            tuple(float(v) for v in variants if not isinstance(v, str)),
+            tuple(v for v in variants if isinstance(v, str)), r.seeds, r.epochs)
+
+
 def main(argv=None):
-    if paper.at_scale(__file__, argv, __doc__) is None:
+    args = paper.at_scale(__file__, argv, __doc__)
+    if args is None:
         return
-    data = ROOT / "figures" / "data" / NAME
-    res, wall = timed(randomization_test, CONFIG, CORRUPTIONS, INPUT_RANDOMIZATIONS, SEEDS,
-                      progress=print)
-    save_results(data, "randomization", {**CONFIG.to_dict(), "epochs": EPOCHS,
-                 "corruptions": CORRUPTIONS, "inputs": INPUT_RANDOMIZATIONS, "seeds": SEEDS},
-                 res, wall)
+    data, figure = paper.outputs(args, ROOT / "figures", NAME)
+    cfg, corruptions, inputs, seeds, epochs = configure(args)
+    res, wall = timed(randomization_test, cfg, corruptions, inputs, seeds, progress=print)
+    save_results(data, "randomization", {**cfg.to_dict(), "epochs": epochs,
+                 "corruptions": corruptions, "inputs": inputs, "seeds": seeds}, res, wall)
+    paper.record(args, data)
     for r in res["table"]:
         print(f"{r['variant']:>16}: fit {r['all_fit']}, steps {r['steps_to_fit']}, "
               f"relative {r['relative_time']}, test error {r['test_error']:.3f}")
     print(f"wall time {wall:.0f} s")
-    render_randomization(data, ROOT / "figures" / f"{NAME}.png")
+    render_randomization(data, figure)
 
 
 if __name__ == "__main__":

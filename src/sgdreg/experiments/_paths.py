@@ -86,7 +86,8 @@ def run_path(s: training.Setup, method: str, lr: float, steps: Sequence[int], eg
     method's (e.g. ``SGDModifiedFlow``), ``data`` the setup's training data."""
     dynamics = dynamics or dynamics_for(method, s.cfg)
     data = s.data if data is None else data
-    problem = engine.Problem(s.problem.objective, dynamics, s.problem.eval_chunk)
+    problem = engine.Problem(s.problem.objective, dynamics, s.problem.eval_chunk,
+                             s.problem.ghost_batch)
     dt = jax.tree.leaves(s.params0)[0].dtype
     hyper = dyn.Hyper(*(jnp.asarray(v, dt) for v in (lr, 0.0, egr, 0.0)))
     state = engine.init_state(problem, s.params0, hyper, s.keys["data"], s.keys["model"],

@@ -131,6 +131,7 @@ def run_adam_eos(
     log_every: int = 5, lanczos_steps: int = 30, settle_fraction: float = 1 / 3,
     dtype: str = "float64", data: Dataset | None = None, traces: bool = True,
     out_dir: str | Path | None = None, progress: Progress | None = None,
+    device_budget: int | None = None,
 ) -> dict:
     """Full-batch Adam (the preset: b1 = ``b1``, b2 = 0.999, ε = 1e-8) for each h in ``lrs`` and
     each seed (θ0 from the seed), MSE tanh MLP ``width`` × ``depth`` on the first ``n_train``
@@ -139,7 +140,9 @@ def run_adam_eos(
     the loss every ``log_every``. Per run the settled value (median over the last
     ``settle_fraction`` of the steps) / (2 + 2β1)/((1 − β1)h); per h over seeds. ``out_dir``:
     ``adam_eos.json`` and, with ``traces``, one trace per run in ``traces/``. Published (Cohen et
-    al. 2022): the preconditioned sharpness equilibrates at 38/h."""
+    al. 2022): the preconditioned sharpness equilibrates at 38/h.
+    ``device_budget`` (bytes): data above it stay on the host and stream to the device in chunks
+    (MNIST/CIFAR-10 memory-mapped; ``training.load_data``), with the same numbers."""
     lrs, seeds = _check(lrs, seeds, b1, steps, sharpness_every, log_every, lanczos_steps,
                         settle_fraction)
     base = RunConfig(dataset=dataset, data_dir=data_dir, n_train=n_train, width=width,
@@ -147,7 +150,8 @@ def run_adam_eos(
                      log_every=int(log_every), dtype=dtype, **MODEL)
     validate(base)
     start = _time.perf_counter()
-    ds = data if data is not None else training.load_data(base)
+    ds = training.load_data(base, device_budget) if data is None else data if \
+        device_budget is None else data.replace(device_budget=device_budget)
     base = base.replace(batch_size=ds.n_train)  # one batch = full batch
     say = progress or (lambda _: None)
     runs, num_params = [], None

@@ -117,6 +117,7 @@ def run_central_flow_comparison(
     windows: Sequence[int] = (1, 4), log_every: int = 4, sharpness_every: int = 4,
     edge_fraction: float = 0.95, rtol: float = 1e-8, atol: float = 1e-10, dtype: str = "float64",
     out_dir: str | Path | None = None, progress: Progress | None = None,
+    device_budget: int | None = None,
 ) -> dict:
     """GD, gradient flow, modified flow and central flow (``eigs`` tracked eigenvalues,
     ``substeps`` Euler substeps per step) from the θ0 of each seed (MSE, tanh MLP
@@ -125,7 +126,9 @@ def run_central_flow_comparison(
     of GD and of the two flows every ``sharpness_every`` steps (Lanczos). Time averages over
     GD's oscillation with half-width ``window`` (the headline) and each of ``windows``
     (robustness). See the module docstring for the metrics.
-    ``out_dir``: writes ``central_flow.json``."""
+    ``out_dir``: writes ``central_flow.json``.
+    ``device_budget`` (bytes): data above it stay on the host and stream to the device in chunks
+    (MNIST/CIFAR-10 memory-mapped; ``training.load_data``), with the same numbers."""
     _check(lr, steps, window, list(seeds), eigs, substeps, edge_fraction)
     if sharpness_every % log_every:
         raise ConfigError(f"sharpness_every ({sharpness_every}) must be a multiple of "
@@ -136,7 +139,7 @@ def run_central_flow_comparison(
                      lr=float(lr), steps=int(steps), log_every=1, dtype=dtype, rtol=rtol,
                      atol=atol, central_flow_eigs=int(eigs))
     validate(base)
-    ds = training.load_data(base)
+    ds = training.load_data(base, device_budget)
     windows = sorted({int(window), *map(int, windows)})
     per_seed = []
     for seed in seeds:

@@ -218,6 +218,7 @@ def run_edge_of_stability(
     include_flow: bool = True, flow_time: float | None = None, seed: int = 0,
     dtype: str = "float32", data: Dataset | None = None, traces: bool = True,
     out_dir: str | Path | None = None, progress: Progress | None = None,
+    device_budget: int | None = None,
 ) -> dict:
     """Full-batch ``optimizer`` (gd | momentum | nesterov) for each h in ``lrs`` from one θ0
     (MSE, tanh MLP ``width`` × ``depth``), λ_max every ``sharpness_every`` steps, the loss
@@ -230,6 +231,8 @@ def run_edge_of_stability(
     (and the data loaded) before anything is written. ``out_dir``: ``eos.json`` and, with
     ``traces``, one trace per run in ``traces/``. Published (Cohen et al. 2021): ratio ≈ 1,
     the loss non-monotone while λ_max hovers, the flow's λ_max rising past every 2/h.
+    ``device_budget`` (bytes): data above it stay on the host and stream to the device in chunks
+    (MNIST/CIFAR-10 memory-mapped; ``training.load_data``), with the same numbers.
     """
     lrs = _check(lrs, optimizer, momentum, steps, sharpness_every, log_every, lanczos_steps,
                  settle_fraction, flow_time)
@@ -238,7 +241,8 @@ def run_edge_of_stability(
                      log_every=int(log_every), seed=seed, dtype=dtype, **MODEL)
     validate(base)
     start = _time.perf_counter()
-    ds = data if data is not None else training.load_data(base)
+    ds = training.load_data(base, device_budget) if data is None else data if \
+        device_budget is None else data.replace(device_budget=device_budget)
     base = base.replace(batch_size=ds.n_train)  # momentum/nesterov: one batch = full batch
     cfgs = eos_configs(lrs, base, include_flow=include_flow, flow_time=flow_time,
                        sharpness_every=int(sharpness_every))

@@ -260,6 +260,113 @@ def read_label_noise(results_dir) -> dict:
     return {"config": doc["config"], **doc["results"], "wall_time_s": doc["wall_time_s"]}
 
 
+# ---------------------------------------------------------------------------------------------
+# At network scale (the paper's ResNet-18 on CIFAR-10): the curvature SGD ends at, with and
+# without label noise.
+
+CURVATURE_EXPERIMENT = "label_noise_curvature"  # <out_dir>/label_noise_curvature.json
+CURVATURE_KEYS = ("hessian_trace", "lambda_max")
+
+
+def _first_last(column) -> tuple[Any, Any]:
+    vals = [v for v in column or [] if v is not None and not isinstance(v, list)]
+    return (vals[0], vals[-1]) if vals else (None, None)
+
+
+def _mean_sd(values) -> dict:
+    v = np.asarray([x for x in values if x is not None], float)
+    return {"mean": sig(v.mean(), 6) if v.size else None,
+            "sd": sig(v.std(ddof=1), 4) if v.size > 1 else None, "n": int(v.size)}
+
+
+def label_noise_curvature(cfg, noises: Sequence[float] = (0.0, 0.2),
+                          seeds: Sequence[int] = (0, 1, 2), *, dataset: Dataset | None = None,
+                          out_dir: str | Path | None = None, traces: bool = True,
+                          progress: Progress | None = None) -> dict:
+    """Curvature at the end of SGD with and without label noise (Damian, Ma & Lee 2021 at
+    network scale): for each seed (θ0, data order, noise draws) and each δ in ``noises`` the run
+    ``cfg`` with ``label_noise`` = δ (a class label replaced by a uniform other class with
+    probability δ each step); its curvature probe (every ``cfg.hessian_every`` steps, which
+    must divide ``cfg.steps``) gives Hutchinson tr H (± its standard error) and Lanczos λ_max
+    at θ0 and at the end. Per δ: mean and s.d. over seeds; per δ > 0 the paired difference
+    against δ = 0 (same seed, same θ0) and the seeds where it is negative. Expected (Damian et
+    al.; Blanc et al. 2020): label noise ends at lower tr H and λ_max. ``out_dir``:
+    ``label_noise_curvature.json`` (and, with ``traces``, one trace per run in ``traces/``)."""
+    from ..config import validate
+    from ._common import check_noise
+
+    noises = [float(d) for d in noises]
+    seeds = [int(s) for s in seeds]
+    check_noise(noises, "noises")
+    if 0.0 not in noises or len(set(noises)) != len(noises):
+        raise ConfigError(f"noises must be distinct and include 0 (plain SGD), got {noises}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: give distinct seeds, got {seeds}")
+    if cfg.optimizer in ("gd", "flow", "modified-flow", "central-flow", "sde"):
+        raise ConfigError(f"optimizer must be a minibatch method (label noise is per step), "
+                          f"got {cfg.optimizer}")
+    if not cfg.hessian_every or cfg.steps % cfg.hessian_every:
+        raise ConfigError(f"hessian_every must be > 0 and divide steps ({cfg.steps}) so the "
+                          f"curvature is measured at the end, got {cfg.hessian_every}")
+    validate(cfg)
+    start = _time.perf_counter()
+    ds = dataset if dataset is not None else training.load_data(cfg)
+    if not ds.num_classes:
+        raise ConfigError("label_noise_curvature needs a classification dataset")
+    cfgs = [cfg.replace(seed=s, label_noise=d) for s in seeds for d in noises]
+    for c in cfgs:
+        validate(c, ds.n_train)
+    runs = []
+    for c in cfgs:
+        rid = f"noise{c.label_noise:g}_s{c.seed}"
+        path = Path(out_dir) / "traces" / f"{rid}.json" if out_dir is not None and traces else None
+        res = training.train(c, ds, trace_path=path)
+        m = res.trace["metrics"]
+        row = {"run_id": rid, "label_noise": c.label_noise, "seed": c.seed,
+               "status": res.trace["status"], "steps": m["step"][-1],
+               "train_loss": sig(_first_last(m["train_loss"])[1], 6),
+               "test_acc": sig(_first_last(m.get("test_acc"))[1], 6),
+               "hessian_trace_stderr": sig(_first_last(m.get("hessian_trace_stderr"))[1], 4)}
+        for k in CURVATURE_KEYS:
+            first, last = _first_last(m.get(k))
+            row |= {f"{k}_initial": sig(first, 6), k: sig(last, 6)}
+        runs.append(row)
+        say(progress, f"{rid}: {row['status']}, tr H {row['hessian_trace_initial']} → "
+                      f"{row['hessian_trace']}, λ_max {row['lambda_max_initial']} → "
+                      f"{row['lambda_max']}, train loss {row['train_loss']}")
+    by = {(r["label_noise"], r["seed"]): r for r in runs}
+    summary = {}
+    for d in noises:
+        rows = [by[d, s] for s in seeds]
+        entry = {k: _mean_sd(r[k] for r in rows) for k in (*CURVATURE_KEYS, "train_loss",
+                                                           "test_acc")}
+        if d:
+            for k in CURVATURE_KEYS:
+                diff = [None if by[d, s][k] is None or by[0.0, s][k] is None
+                        else sig(by[d, s][k] - by[0.0, s][k], 6) for s in seeds]
+                entry[f"{k}_minus_plain"] = _mean_sd(diff) | {
+                    "per_seed": diff, "lower_in_seeds": [s for s, x in zip(seeds, diff)
+                                                         if x is not None and x < 0]}
+        summary[f"{d:g}"] = entry
+    results = {"dataset": ds.describe(), "num_params": res.trace["num_params"], "runs": runs,
+               "summary": summary,
+               "note": "hessian_trace: Hutchinson estimate (cfg.probes probes) on the training "
+                       "set, lambda_max: Lanczos; *_initial at θ0, the others at the last step; "
+                       "*_minus_plain: paired over seeds against label_noise 0"}
+    config = {"noises": noises, "seeds": seeds, "run": cfg.to_dict()}
+    wall = _time.perf_counter() - start
+    if out_dir is not None:
+        results["traces"] = [f"traces/{r['run_id']}.json" for r in runs] if traces else []
+        save_results(out_dir, CURVATURE_EXPERIMENT, config, results, wall)
+    return {"config": config, **results, "wall_time_s": wall}
+
+
+def read_label_noise_curvature(results_dir) -> dict:
+    """The stored ``label_noise_curvature.json``: config and results in one dict."""
+    doc = load_document(results_dir, CURVATURE_EXPERIMENT)
+    return {"config": doc["config"], **doc["results"], "wall_time_s": doc["wall_time_s"]}
+
+
 __all__ = ["DiagonalNet", "diagonal_regression", "sharp_start", "trace_on_manifold",
-           "trace_floor", "ManifoldProbe", "run_method", "run_label_noise", "read_label_noise"
-           ]
+           "trace_floor", "ManifoldProbe", "run_method", "run_label_noise", "read_label_noise",
+           "label_noise_curvature", "read_label_noise_curvature"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..experiments.label_noise import LABELS, read_label_noise
+from ..experiments.label_noise import LABELS, read_label_noise, read_label_noise_curvature
 from .common import none_nan, save, setup
 
 COLORS = {"label-noise-sgd": 3, "sgd": 0, "gd": 7}  # indices into the deep palette
@@ -84,4 +84,43 @@ def render_label_noise(results_dir: str | Path, out_path: str | Path) -> list[Pa
         f"O(√h·δ) off the manifold, where tr H can dip below its on-manifold minimum (×: "
         f"projected back).", fontsize=10)
     fig.tight_layout()
+    return save(fig, out_path)
+
+
+def render_label_noise_curvature(results_dir: str | Path, out_path: str | Path) -> list[Path]:
+    """The paper-scale figure (``label_noise_curvature.json``): tr H and λ_max at the end of
+    SGD against the label-noise δ, one marker per seed (lines pair a seed's runs from the same
+    θ0), the mean ± s.d. over seeds, and the values at θ0 (hollow)."""
+    plt, sns = setup()
+    r = read_label_noise_curvature(results_dir)
+    cfg, runs = r["config"], r["runs"]
+    noises, seeds = cfg["noises"], cfg["seeds"]
+    palette = sns.color_palette("deep", 10)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, (key, label) in zip(axes, (("hessian_trace", "tr H (Hutchinson)"),
+                                       ("lambda_max", "λ_max (Lanczos)"))):
+        for i, seed in enumerate(seeds):
+            rows = sorted((x for x in runs if x["seed"] == seed), key=lambda x: x["label_noise"])
+            xs = [x["label_noise"] for x in rows]
+            ax.plot(xs, none_nan([x[key] for x in rows]), "o-", color=palette[i % 10], lw=1,
+                    label=f"seed {seed}, end", zorder=3)
+            ax.plot(xs, none_nan([x[f"{key}_initial"] for x in rows]), "o", mfc="none",
+                    color=palette[i % 10], alpha=0.6, label="θ0 (hollow)" if i == 0 else None)
+        for d in noises:
+            m = r["summary"][f"{d:g}"][key]
+            if m["mean"] is not None:
+                ax.errorbar([d], [m["mean"]], yerr=[m["sd"] or 0.0], fmt="_", color="k", ms=18,
+                            capsize=4, zorder=4)
+        ax.set(xlabel="label noise δ (probability of a replaced label per step)", ylabel=label,
+               xticks=noises)
+        ax.legend(fontsize=8, loc="best")
+    diffs = [r["summary"][f"{d:g}"].get("hessian_trace_minus_plain") for d in noises if d]
+    text = "; ".join(f"δ = {d:g}: Δ tr H = {x['mean']:.4g} ± {x['sd'] or 0:.2g}, lower in "
+                     f"{len(x['lower_in_seeds'])}/{len(seeds)} seeds"
+                     for d, x in zip([d for d in noises if d], diffs) if x and x["mean"] is not None)
+    run, ds = cfg["run"], r["dataset"]
+    fig.suptitle(f"Curvature at the end of SGD with and without label noise (Damian et al. "
+                 f"2021): {run['model']} (P = {r['num_params']:,}) on {ds['n_train']} "
+                 f"{ds['name']} images, h = {run['lr']:g}, B = {run['batch_size']}, "
+                 f"{run['steps']} steps\n{text}", fontsize=9)
     return save(fig, out_path)

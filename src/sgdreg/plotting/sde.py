@@ -31,6 +31,7 @@ def render_sde_svag(results_dir: str | Path, out_path: str | Path) -> list[Path]
     net, q = r["network"], r["quadratic"]
     t = np.asarray(net["t"])
     methods = net["methods"]
+    ref = net.get("reference", "sde")  # the run the losses are compared with
     names = [m for m in methods if m != "gd"]
     colors = dict(zip(names, sns.color_palette("viridis", len(names))))
     colors["sde"] = (0.85, 0.2, 0.2)
@@ -43,26 +44,27 @@ def render_sde_svag(results_dir: str | Path, out_path: str | Path) -> list[Path]
             mu, sd = np.asarray(m[key]["mean"]), np.asarray(m[key]["std"])
             ax.plot(t, mu, color=c, lw=1.6 if name == "sde" else 1.1, label=_label(name))
             ax.fill_between(t, mu - sd, mu + sd, color=c, alpha=0.15, lw=0)
-        mu = np.asarray(m["train_loss"]["mean"]) - np.asarray(methods["sde"]["train_loss"]["mean"])
+        mu = np.asarray(m["train_loss"]["mean"]) - np.asarray(methods[ref]["train_loss"]["mean"])
         se = np.sqrt((np.asarray(m["train_loss"]["std"]) ** 2
-                      + np.asarray(methods["sde"]["train_loss"]["std"]) ** 2) / paths)
-        if name != "sde":
+                      + np.asarray(methods[ref]["train_loss"]["std"]) ** 2) / paths)
+        if name != ref:
             axes[0, 1].plot(t, mu, color=c, lw=1.2, label=_label(name))
             axes[0, 1].fill_between(t, mu - 2 * se, mu + 2 * se, color=c, alpha=0.15, lw=0)
     if "gd" in methods:
         for ax, key in ((axes[0, 0], "train_loss"), (axes[0, 2], "distance")):
             ax.plot(t, methods["gd"][key]["mean"], color="k", ls="--", lw=1, label="GD")
         gd_diff = (np.asarray(methods["gd"]["train_loss"]["mean"])
-                   - np.asarray(methods["sde"]["train_loss"]["mean"]))
+                   - np.asarray(methods[ref]["train_loss"]["mean"]))
         axes[0, 1].plot(t, gd_diff, color="k", ls="--", lw=1, label="GD")
-    axes[0, 1].axhline(0, color=colors["sde"], lw=1)
+    axes[0, 1].axhline(0, color=colors[ref], lw=1)
     ds = net["dataset"]
     h, b = net["lr"], net["batch_size"]
     axes[0, 0].set(yscale="log", xlabel="t = k·h", ylabel="training loss L (full batch)",
-                   title=f"MLP on {ds.get('n_train', '?')} {ds.get('name', '')}: h={h:g}, B={b}")
+                   title=f"{net.get('model', 'mlp')} on {ds.get('n_train', '?')} "
+                         f"{ds.get('name', '')}: h={h:g}, B={b}")
     axes[0, 0].legend(fontsize=8)
-    axes[0, 1].set(xlabel="t = k·h", ylabel="mean loss − SDE mean loss",
-                   title="Loss relative to the SDE (bands ± 2 s.e.)")
+    axes[0, 1].set(xlabel="t = k·h", ylabel=f"mean loss − {_label(ref)} mean loss",
+                   title=f"Loss relative to {_label(ref)} (bands ± 2 s.e.)")
     axes[0, 1].legend(fontsize=8)
     axes[0, 2].set(xlabel="t = k·h", ylabel="‖θ − θ0‖", title="Distance from θ0")
     axes[0, 2].legend(fontsize=8)
