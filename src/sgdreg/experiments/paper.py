@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import RunConfig
 from ..errors import ConfigError
 
 PEAK_TFLOPS = 67.0  # H200 SXM, float32 without tensor cores (NVIDIA datasheet)
@@ -511,7 +512,7 @@ def parse(name: str, argv=None, *, description: str = "",
     return a
 
 
-EVAL_CHUNK = 4096  # sgdreg.run's default eval_chunk
+EVAL_CHUNK = RunConfig.eval_chunk  # the runs' default chunk (RunConfig.eval_chunk)
 #: scripts whose paper-scale work puts no data on the device (``--device-budget`` refused)
 HOST_ONLY = {
     "min_norm_kernel": "solves the kernel system in host NumPy (no device data)",
