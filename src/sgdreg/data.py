@@ -172,7 +172,7 @@ def host_statistics(x: HostArray, how: str = "standardize", chunk: int = 4096):
 
 class CenterCrop:
     """x[..., t:t+size, l:l+size], t = ⌊(h − size)/2⌋, l = ⌊(w − size)/2⌋: ``training.center_crop``
-    of host data, applied to each chunk as it is read (``HostArray.map``)."""
+    (in-memory arrays: a view; host data: applied to each chunk as it is read, ``HostArray.map``)."""
 
     def __init__(self, size: int, h: int, w: int):
         self.size, self.top, self.left = int(size), (h - size) // 2, (w - size) // 2
@@ -180,4 +180,4 @@ class CenterCrop:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         t, lft, s = self.top, self.left, self.size
-        return np.ascontiguousarray(x[..., t:t + s, lft:lft + s])
+        return x[..., t:t + s, lft:lft + s]  # a view (HostArray.read copies it into its chunk)

@@ -89,11 +89,10 @@ def center_crop(ds: Dataset, size: int) -> Dataset:
             and 1 <= size <= min(h, w)):
         raise ConfigError(f"crop must be an integer in 1..{min(h, w)} for the {h}×{w} images of "
                           f"{ds.name}, got {size!r}")
-    top, left = (h - size) // 2, (w - size) // 2
-    rows, cols = slice(top, top + size), slice(left, left + size)
+    cut = CenterCrop(size, h, w)
 
     def crop(x):  # host data (memory-mapped files): cropped chunk by chunk as they are read
-        return x.map(CenterCrop(size, h, w)) if isinstance(x, HostArray) else x[:, :, rows, cols]
+        return x.map(cut) if isinstance(x, HostArray) else cut(x)
 
     return ds.replace(x_train=crop(ds.x_train), x_test=crop(ds.x_test),
                       meta={**ds.meta, "crop": [int(size), int(size)]})
